@@ -1,0 +1,218 @@
+"""Jitted KV-cache sampling: prefill once per prompt, fork the cache G ways, decode in a loop.
+
+    prompts ─► left-pad to a bucketed length P ─► prefill (jit) ─► cache.repeat(G)
+            ─► decode (jit, `lax.while_loop`, cache donated) ─► Rollout
+
+Left padding puts the last prompt token of every row in the same column, so the first
+generated token of every row comes from one position and every decode step writes one cache
+slot for the whole batch. Rotary positions count only real tokens, so a prompt's logits do not
+depend on how much padding it got (batch invariance).
+
+Rows of a rollout are prompt-major: rows `b*G .. b*G + G-1` are the G samples of prompt `b`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from agpo_jax.models import transformer
+from agpo_jax.models.config import ModelConfig
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingParams:
+  """How to draw tokens. Hashable: it is a static argument of the jitted decode loop.
+
+  Attributes:
+    temperature: softmax temperature; 0 means greedy (argmax).
+    top_k: keep the k most likely tokens (0 = all).
+    top_p: keep the smallest set of most likely tokens whose probability reaches top_p
+      (1.0 = all). Applied after top_k, on the temperature-scaled distribution.
+    max_new_tokens: decode budget; a row that has not stopped by then is truncated.
+    stop_ids: token ids that end a row (the stop token is part of the output).
+  """
+
+  temperature: float = 1.0
+  top_k: int = 0
+  top_p: float = 1.0
+  max_new_tokens: int = 64
+  stop_ids: tuple[int, ...] = ()
+
+  def __post_init__(self):
+    if self.temperature < 0:
+      raise ValueError(f"sampling.temperature must be >= 0, got {self.temperature}")
+    if self.top_k < 0:
+      raise ValueError(f"sampling.top_k must be >= 0, got {self.top_k}")
+    if not 0.0 < self.top_p <= 1.0:
+      raise ValueError(f"sampling.top_p must be in (0, 1], got {self.top_p}")
+    if self.max_new_tokens <= 0:
+      raise ValueError(f"sampling.max_new_tokens must be positive, got {self.max_new_tokens}")
+
+
+class Rollout(struct.PyTreeNode):
+  """Completions of a batch of prompts.
+
+  Attributes:
+    tokens: `[N, max_new_tokens]` int32; `pad_id` after a row's end.
+    logprobs: `[N, max_new_tokens]` float32, the sampler's log-probability of each token under
+      the temperature-scaled, untruncated distribution (what a trainer at the same temperature
+      computes); 0 after a row's end.
+    lengths: `[N]` int32 number of generated tokens, the stop token included.
+    truncated: `[N]` bool, True when the row hit `max_new_tokens` without a stop token.
+  """
+
+  tokens: Array
+  logprobs: Array
+  lengths: Array
+  truncated: Array
+
+  @property
+  def mask(self) -> Array:
+    """`[N, max_new_tokens]` bool, True on generated tokens."""
+    return jnp.arange(self.tokens.shape[1])[None, :] < self.lengths[:, None]
+
+
+def filter_logits(logits: Array, params: SamplingParams) -> Array:
+  """Temperature, top-k and top-p applied to `logits [N, V]`; removed tokens get -inf."""
+  logits = logits.astype(jnp.float32) / params.temperature
+  if params.top_k and params.top_k < logits.shape[-1]:
+    kth = jax.lax.top_k(logits, params.top_k)[0][..., -1:]
+    logits = jnp.where(logits < kth, -jnp.inf, logits)
+  if params.top_p < 1.0:
+    sorted_logits = jnp.sort(logits, axis=-1)[..., ::-1]
+    sorted_probs = jax.nn.softmax(sorted_logits, axis=-1)
+    mass_before = jnp.cumsum(sorted_probs, axis=-1) - sorted_probs
+    # The most likely token always survives: its mass_before is 0 < top_p.
+    kept = mass_before < params.top_p
+    threshold = jnp.min(jnp.where(kept, sorted_logits, jnp.inf), axis=-1, keepdims=True)
+    logits = jnp.where(logits < threshold, -jnp.inf, logits)
+  return logits
+
+
+def sample_tokens(rng: Array, logits: Array, params: SamplingParams) -> tuple[Array, Array]:
+  """Draw one token per row of `logits [N, V]`; returns (tokens [N], sampler log-probs [N])."""
+  if params.temperature == 0.0:
+    tokens = jnp.argmax(logits, axis=-1)
+    scaled = logits
+  else:
+    tokens = jax.random.categorical(rng, filter_logits(logits, params), axis=-1)
+    scaled = logits.astype(jnp.float32) / params.temperature
+  logprobs = jnp.take_along_axis(jax.nn.log_softmax(scaled, axis=-1), tokens[:, None], axis=-1)
+  return tokens.astype(jnp.int32), logprobs[:, 0]
+
+
+def prefill(model_cfg: ModelConfig, num_samples: int, cache_len: int, params: Any,
+            tokens: Array, input_mask: Array) -> tuple[transformer.KVCache, Array, Array]:
+  """Run the prompts once and fork the cache `num_samples` ways.
+
+  Args:
+    tokens, input_mask: `[B, P]` left-padded prompts.
+  Returns:
+    (cache for `B * num_samples` rows, logits of the next token `[B*G, V]`,
+     prompt lengths `[B*G]`).
+  """
+  cache = transformer.KVCache.zeros(model_cfg, tokens.shape[0], cache_len)
+  positions = transformer.positions_from_mask(input_mask)
+  hidden, cache = transformer.forward(model_cfg, params, tokens, positions, input_mask, cache,
+                                      return_hidden=True)
+  # Only the last column is needed: projecting [B, P, V] would dominate prefill for big vocabs.
+  logits = transformer.logits_from_hidden(model_cfg, params, hidden[:, -1])
+  prompt_lens = jnp.sum(input_mask, axis=-1, dtype=jnp.int32)
+  return (cache.repeat(num_samples), jnp.repeat(logits, num_samples, axis=0),
+          jnp.repeat(prompt_lens, num_samples))
+
+
+def decode(model_cfg: ModelConfig, params_s: SamplingParams, pad_id: int, params: Any,
+           cache: transformer.KVCache, logits: Array, prompt_lens: Array,
+           rng: Array) -> tuple[Rollout, transformer.KVCache]:
+  """Sample until every row has stopped or `max_new_tokens` is reached (`lax.while_loop`).
+
+  Returns the rollout and the final cache: returning the cache lets XLA alias the donated input
+  cache to it, so decoding updates one cache buffer in place.
+  """
+  n = logits.shape[0]
+  budget = params_s.max_new_tokens
+  stop_ids = jnp.asarray(params_s.stop_ids or (-1,), jnp.int32)
+
+  def cond(state):
+    step, _, _, _, _, done, _ = state
+    return (step < budget) & ~jnp.all(done)
+
+  def body(state):
+    step, cache, logits, tokens, logprobs, done, lengths = state
+    token, logprob = sample_tokens(jax.random.fold_in(rng, step), logits, params_s)
+    token = jnp.where(done, pad_id, token)
+    logprob = jnp.where(done, 0.0, logprob)
+    tokens = tokens.at[:, step].set(token)
+    logprobs = logprobs.at[:, step].set(logprob)
+    lengths = lengths + (~done).astype(jnp.int32)
+    done = done | jnp.isin(token, stop_ids)
+    positions = (prompt_lens + step)[:, None]
+    step_logits, cache = transformer.forward(model_cfg, params, token[:, None], positions,
+                                             jnp.ones((n, 1), bool), cache)
+    return step + 1, cache, step_logits[:, 0], tokens, logprobs, done, lengths
+
+  init = (jnp.zeros((), jnp.int32), cache, logits, jnp.full((n, budget), pad_id, jnp.int32),
+          jnp.zeros((n, budget), jnp.float32), jnp.zeros((n,), bool), jnp.zeros((n,), jnp.int32))
+  _, cache, _, tokens, logprobs, done, lengths = jax.lax.while_loop(cond, body, init)
+  return Rollout(tokens=tokens, logprobs=logprobs, lengths=lengths, truncated=~done), cache
+
+
+def bucket_length(length: int, min_bucket: int = 8) -> int:
+  """Smallest power of two >= length (and >= min_bucket): few distinct shapes, few compiles."""
+  bucket = min_bucket
+  while bucket < length:
+    bucket *= 2
+  return bucket
+
+
+def left_pad(prompts: Sequence[Sequence[int]], length: int, pad_id: int):
+  """Left-pad token lists to `length`; returns (tokens [B, length], mask [B, length])."""
+  tokens = np.full((len(prompts), length), pad_id, np.int32)
+  mask = np.zeros((len(prompts), length), bool)
+  for row, prompt in enumerate(prompts):
+    if not len(prompt):
+      raise ValueError(f"prompt {row} is empty; every prompt needs at least one token")
+    if len(prompt) > length:
+      raise ValueError(f"prompt {row} has {len(prompt)} tokens, more than {length}")
+    tokens[row, length - len(prompt):] = prompt
+    mask[row, length - len(prompt):] = True
+  return tokens, mask
+
+
+class Sampler:
+  """Holds the jitted prefill and decode functions for one model (no global jit caches).
+
+  `generate(params, prompts, num_samples, rng, sampling)` returns a `Rollout` of
+  `len(prompts) * num_samples` rows. Callers pass a fresh `rng` per call (the training loop
+  folds in the step), so every step draws new samples.
+  """
+
+  def __init__(self, model_cfg: ModelConfig, pad_id: int, min_prompt_bucket: int = 8):
+    self.model_cfg = model_cfg
+    self.pad_id = pad_id
+    self.min_prompt_bucket = min_prompt_bucket
+    self._prefill = jax.jit(functools.partial(prefill, model_cfg), static_argnums=(0, 1))
+    self._decode = jax.jit(functools.partial(decode, model_cfg), static_argnums=(0, 1),
+                           donate_argnums=(3,))
+
+  def generate(self, params: Any, prompts: Sequence[Sequence[int]], num_samples: int,
+               rng: Array, sampling: SamplingParams) -> Rollout:
+    if num_samples <= 0:
+      raise ValueError(f"num_samples must be positive, got {num_samples}")
+    prompt_len = bucket_length(max(len(p) for p in prompts), self.min_prompt_bucket)
+    tokens, mask = left_pad(prompts, prompt_len, self.pad_id)
+    cache_len = prompt_len + sampling.max_new_tokens
+    cache, logits, prompt_lens = self._prefill(num_samples, cache_len, params, tokens, mask)
+    rollout, _ = self._decode(sampling, self.pad_id, params, cache, logits, prompt_lens, rng)
+    return rollout

@@ -1,0 +1,172 @@
+"""The jitted KV-cache sampler: exactness against full forward passes, and its sampling law."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from agpo_jax import sampling
+from agpo_jax.models import transformer as T
+from agpo_jax.models.config import ModelConfig
+from agpo_jax.sampling import Sampler, SamplingParams
+
+CFG = ModelConfig(vocab_size=24, num_layers=2, d_model=32, num_heads=4, num_kv_heads=2,
+                  head_dim=8, mlp_dim=64, max_seq_len=128, qkv_bias=True)
+PAD, STOP = 0, 1
+forward = jax.jit(T.forward, static_argnums=(0,))
+
+
+def key(seed):
+  return jax.random.key(seed, impl="rbg")
+
+
+@pytest.fixture(scope="module")
+def params():
+  p = T.init_params(CFG, key(0))
+  rng = np.random.default_rng(0)
+  # Sharpen the random model a little so greedy paths are well separated from ties.
+  return jax.tree.map(lambda x: x + 0.5 * rng.standard_normal(x.shape).astype(x.dtype), p)
+
+
+@pytest.fixture(scope="module")
+def sampler():
+  return Sampler(CFG, pad_id=PAD)
+
+
+PROMPTS = [[5, 6, 7], [9, 3, 4, 12, 13, 2, 8], [20], [4, 4, 4, 4, 4]]
+
+
+def test_sampler_logprobs_equal_full_forward_logprobs(params, sampler):
+  """Every sampled token's log-prob equals a from-scratch forward pass over the unpadded row.
+
+  This checks the KV cache through the whole jitted loop, for prompts of four different
+  lengths in one left-padded batch. Tolerance 1e-4 on float32 log-probs.
+  """
+  sp = SamplingParams(temperature=1.0, max_new_tokens=12, stop_ids=(STOP,))
+  rollout = sampler.generate(params, PROMPTS, 2, key(3), sp)
+  for row in range(len(PROMPTS) * 2):
+    prompt = PROMPTS[row // 2]
+    n = int(rollout.lengths[row])
+    completion = list(np.asarray(rollout.tokens[row, :n]))
+    seq = jnp.asarray(prompt + completion)[None]
+    logits = forward(CFG, params, seq, jnp.arange(seq.shape[1])[None], jnp.ones(seq.shape, bool))[0]
+    logp = jax.nn.log_softmax(logits[0], axis=-1)
+    expected = [logp[len(prompt) - 1 + t, completion[t]] for t in range(n)]
+    np.testing.assert_allclose(rollout.logprobs[row, :n], expected, atol=1e-4)
+    assert np.all(np.asarray(rollout.logprobs[row, n:]) == 0)
+
+
+def test_greedy_alone_equals_greedy_in_padded_batch(params, sampler):
+  sp = SamplingParams(temperature=0.0, max_new_tokens=10)
+  batch = sampler.generate(params, PROMPTS, 1, key(0), sp)
+  for i, prompt in enumerate(PROMPTS):
+    alone = sampler.generate(params, [prompt], 1, key(0), sp)
+    np.testing.assert_array_equal(alone.tokens[0], batch.tokens[i])
+
+
+def test_greedy_is_deterministic_and_sampling_follows_the_key(params, sampler):
+  greedy = SamplingParams(temperature=0.0, max_new_tokens=10)
+  a = sampler.generate(params, PROMPTS, 1, key(0), greedy)
+  b = sampler.generate(params, PROMPTS, 1, key(99), greedy)
+  np.testing.assert_array_equal(a.tokens, b.tokens)
+  hot = SamplingParams(temperature=1.5, max_new_tokens=10)
+  x = sampler.generate(params, PROMPTS, 2, key(1), hot)
+  y = sampler.generate(params, PROMPTS, 2, key(1), hot)
+  z = sampler.generate(params, PROMPTS, 2, key(2), hot)
+  np.testing.assert_array_equal(x.tokens, y.tokens)
+  assert not np.array_equal(x.tokens, z.tokens)
+
+
+def test_stop_tokens_end_rows_and_budget_truncates(params, sampler):
+  free = SamplingParams(temperature=0.0, max_new_tokens=6)
+  unstopped = sampler.generate(params, PROMPTS, 1, key(0), free)
+  assert np.all(unstopped.truncated) and np.all(unstopped.lengths == 6)
+  # Declare the greedy first token of prompt 0 a stop token: that row ends after it.
+  stop = int(unstopped.tokens[0, 0])
+  stopped = sampler.generate(params, PROMPTS, 1, key(0),
+                             dataclasses.replace(free, stop_ids=(stop,)))
+  for row in range(len(PROMPTS)):
+    tokens = list(np.asarray(unstopped.tokens[row]))
+    if stop in tokens:
+      n = tokens.index(stop) + 1
+      assert stopped.lengths[row] == n and not stopped.truncated[row]
+      np.testing.assert_array_equal(stopped.tokens[row, :n], tokens[:n])
+      assert np.all(np.asarray(stopped.tokens[row, n:]) == PAD)
+    else:
+      assert stopped.lengths[row] == 6 and stopped.truncated[row]
+  assert stopped.lengths[0] == 1
+  np.testing.assert_array_equal(stopped.mask.sum(1), stopped.lengths)
+
+
+def _truncated_distribution(logits, temperature, top_k, top_p):
+  """Written independently of the sampler: sort, cut, renormalise."""
+  z = np.asarray(logits, np.float64) / temperature
+  order = np.argsort(-z)
+  keep = np.zeros_like(z, bool)
+  keep[order[:top_k or len(z)]] = True
+  probs = np.exp(z - z.max()) * keep
+  probs /= probs.sum()
+  cumulative = 0.0
+  nucleus = np.zeros_like(keep)
+  for i in order:
+    if keep[i] and cumulative < top_p:
+      nucleus[i] = True
+      cumulative += probs[i]
+  final = probs * nucleus
+  return final / final.sum()
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p", [
+    (1.0, 0, 1.0), (0.7, 0, 1.0), (1.0, 3, 1.0), (1.3, 0, 0.8), (0.9, 5, 0.7)])
+def test_empirical_distribution_matches_truncated_renormalised(temperature, top_k, top_p):
+  logits = jnp.array([2.0, 1.5, 1.2, 0.3, 0.0, -0.5, -1.0, -3.0])
+  draws = 40_000
+  sp = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p)
+  tokens, _ = jax.jit(sampling.sample_tokens, static_argnums=2)(
+      key(7), jnp.tile(logits, (draws, 1)), sp)
+  empirical = np.bincount(np.asarray(tokens), minlength=8) / draws
+  expected = _truncated_distribution(logits, temperature, top_k, top_p)
+  assert np.all(empirical[expected == 0] == 0)  # removed tokens are never drawn
+  # 5 standard errors of a binomial proportion, plus a few counts for rare tokens whose
+  # counts are Poisson-like rather than normal: a false alarm is a ~1e-6 event per token.
+  tolerance = 5 * np.sqrt(expected * (1 - expected) / draws) + 3 / draws
+  assert np.all(np.abs(empirical - expected) <= tolerance), (empirical, expected)
+
+
+def test_group_sampling_prefills_once_and_draws_independent_samples(params):
+  sampler = Sampler(CFG, pad_id=PAD)
+  calls = []
+  prefill = sampler._prefill
+
+  def spy(num_samples, cache_len, p, tokens, mask):
+    calls.append(tokens.shape)
+    return prefill(num_samples, cache_len, p, tokens, mask)
+
+  sampler._prefill = spy
+  group = 2_000
+  sp = SamplingParams(temperature=1.0, max_new_tokens=2)
+  rollout = sampler.generate(params, [PROMPTS[1]], group, key(5), sp)
+  assert calls == [(1, 8)]  # one prompt, prefilled once, padded to the 8-token bucket
+  assert rollout.tokens.shape == (group, 2)
+  # The first tokens are i.i.d. draws from the prompt's next-token distribution.
+  seq = jnp.asarray(PROMPTS[1])[None]
+  logits = forward(CFG, params, seq, jnp.arange(seq.shape[1])[None], jnp.ones(seq.shape, bool))[0]
+  expected = np.asarray(jax.nn.softmax(logits[0, -1]))
+  empirical = np.bincount(np.asarray(rollout.tokens[:, 0]), minlength=CFG.vocab_size) / group
+  tolerance = 5 * np.sqrt(expected * (1 - expected) / group) + 3 / group
+  assert np.all(np.abs(empirical - expected) <= tolerance)
+  # Second tokens condition on different first tokens: rows are not copies of one another.
+  assert len({tuple(r) for r in np.asarray(rollout.tokens)}) > 10
+
+
+def test_prompt_buckets_and_bad_input():
+  assert [sampling.bucket_length(n) for n in (1, 8, 9, 31, 33)] == [8, 8, 16, 32, 64]
+  tokens, mask = sampling.left_pad([[1, 2], [3]], 4, PAD)
+  np.testing.assert_array_equal(tokens, [[0, 0, 1, 2], [0, 0, 0, 3]])
+  np.testing.assert_array_equal(mask, [[0, 0, 1, 1], [0, 0, 0, 1]])
+  with pytest.raises(ValueError, match="prompt 1 is empty"):
+    sampling.left_pad([[1], []], 4, PAD)
+  with pytest.raises(ValueError, match="top_p"):
+    SamplingParams(top_p=0.0)
