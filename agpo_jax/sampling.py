@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
+from ml_collections import config_dict
 
 from agpo_jax.models import transformer
 from agpo_jax.models.config import ModelConfig
@@ -40,6 +41,8 @@ class SamplingParams:
       (1.0 = all). Applied after top_k, on the temperature-scaled distribution.
     max_new_tokens: decode budget; a row that has not stopped by then is truncated.
     stop_ids: token ids that end a row (the stop token is part of the output).
+    vocab_limit: if > 0, ids >= vocab_limit are never drawn. Real checkpoints pad their
+      embedding beyond the tokenizer's ids; those rows must not be sampled.
   """
 
   temperature: float = 1.0
@@ -47,6 +50,7 @@ class SamplingParams:
   top_p: float = 1.0
   max_new_tokens: int = 64
   stop_ids: tuple[int, ...] = ()
+  vocab_limit: int = 0
 
   def __post_init__(self):
     if self.temperature < 0:
@@ -85,6 +89,8 @@ class Rollout(struct.PyTreeNode):
 def filter_logits(logits: Array, params: SamplingParams) -> Array:
   """Temperature, top-k and top-p applied to `logits [N, V]`; removed tokens get -inf."""
   logits = logits.astype(jnp.float32) / params.temperature
+  if 0 < params.vocab_limit < logits.shape[-1]:
+    logits = jnp.where(jnp.arange(logits.shape[-1]) < params.vocab_limit, logits, -jnp.inf)
   if params.top_k and params.top_k < logits.shape[-1]:
     kth = jax.lax.top_k(logits, params.top_k)[0][..., -1:]
     logits = jnp.where(logits < kth, -jnp.inf, logits)
@@ -102,6 +108,8 @@ def filter_logits(logits: Array, params: SamplingParams) -> Array:
 def sample_tokens(rng: Array, logits: Array, params: SamplingParams) -> tuple[Array, Array]:
   """Draw one token per row of `logits [N, V]`; returns (tokens [N], sampler log-probs [N])."""
   if params.temperature == 0.0:
+    if 0 < params.vocab_limit < logits.shape[-1]:
+      logits = logits[..., :params.vocab_limit]
     tokens = jnp.argmax(logits, axis=-1)
     scaled = logits
   else:
@@ -166,6 +174,28 @@ def decode(model_cfg: ModelConfig, params_s: SamplingParams, pad_id: int, params
           jnp.zeros((n, budget), jnp.float32), jnp.zeros((n,), bool), jnp.zeros((n,), jnp.int32))
   _, cache, _, tokens, logprobs, done, lengths = jax.lax.while_loop(cond, body, init)
   return Rollout(tokens=tokens, logprobs=logprobs, lengths=lengths, truncated=~done), cache
+
+
+def sampling_config() -> config_dict.ConfigDict:
+  """The `config.sampling` block: how rollouts are drawn during training."""
+  return config_dict.ConfigDict(dict(
+      num_samples=8,  # G: completions per prompt
+      temperature=1.0,
+      top_k=0,
+      top_p=1.0,
+      max_new_tokens=64,
+      min_prompt_bucket=8,
+  ))
+
+
+def sampling_params(cfg: Any, stop_ids: Sequence[int] = (), vocab_limit: int = 0,
+                    **overrides) -> SamplingParams:
+  """`SamplingParams` from a `config.sampling`-like block plus the tokenizer's stop ids."""
+  fields = dict(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+                max_new_tokens=cfg.max_new_tokens)
+  fields.update(overrides)
+  return SamplingParams(stop_ids=tuple(int(i) for i in stop_ids), vocab_limit=vocab_limit,
+                        **fields)
 
 
 def bucket_length(length: int, min_bucket: int = 8) -> int:

@@ -161,6 +161,14 @@ def test_group_sampling_prefills_once_and_draws_independent_samples(params):
   assert len({tuple(r) for r in np.asarray(rollout.tokens)}) > 10
 
 
+def test_vocab_limit_is_never_sampled():
+  logits = jnp.tile(jnp.array([0.0, 0.0, 0.0, 5.0, 5.0]), (4_000, 1))
+  for temperature in (0.0, 1.0):
+    sp = SamplingParams(temperature=temperature, vocab_limit=3)
+    tokens, _ = sampling.sample_tokens(key(0), logits, sp)
+    assert int(tokens.max()) < 3
+
+
 def test_prompt_buckets_and_bad_input():
   assert [sampling.bucket_length(n) for n in (1, 8, 9, 31, 33)] == [8, 8, 16, 32, 64]
   tokens, mask = sampling.left_pad([[1, 2], [3]], 4, PAD)

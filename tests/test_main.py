@@ -1,0 +1,71 @@
+"""The entry point and config handling: overrides apply, mistakes are named."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+from ml_collections import config_dict
+
+from agpo_jax import configs, main
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+DEFAULT = str(ROOT / "configs" / "default.py")
+
+
+def _cli(*args, workdir):
+  env = dict(os.environ, PYTHONPATH=str(ROOT))
+  return subprocess.run([sys.executable, "-m", "agpo_jax.main", f"--config={DEFAULT}",
+                         f"--workdir={workdir}", *args], capture_output=True, text=True,
+                        env=env, cwd=ROOT, timeout=300)
+
+
+def test_cli_applies_overrides(tmp_path):
+  result = _cli("--config.sampling.max_new_tokens=3", "--config.sample.num_samples=2",
+                "--config.sample.prompts=('11*11=',)", workdir=tmp_path)
+  assert result.returncode == 0, result.stderr
+  saved = json.loads((tmp_path / "config.json").read_text())
+  assert saved["sampling"]["max_new_tokens"] == 3
+  assert saved["sample"]["prompts"] == ["11*11="]
+  lines = [l for l in result.stdout.splitlines() if l.startswith("  '11*11=' -> ")]
+  assert len(lines) == 2  # one prompt x 2 samples
+
+
+def test_cli_names_unknown_keys(tmp_path):
+  result = _cli("--config.sampling.temprature=0.5", "--config.nope=1", workdir=tmp_path)
+  assert result.returncode == 2
+  assert "unknown config key 'config.sampling.temprature'" in result.stderr
+  assert "did you mean config.sampling.temperature" in result.stderr
+  assert "unknown config key 'config.nope'" in result.stderr
+
+
+def test_cli_names_a_bad_choice(tmp_path):
+  result = _cli("--config.mode=trian", workdir=tmp_path)
+  assert result.returncode == 2
+  assert "config.mode='trian' is not one of" in result.stderr
+
+
+def test_check_overrides_accepts_known_keys():
+  cfg = configs.load_config_file(DEFAULT)
+  configs.check_overrides(cfg, ["--config.model.num_layers=3", "--config.seed=1",
+                                "--workdir=x", "--config=" + DEFAULT])
+  with pytest.raises(KeyError, match="config.model.num_layer'"):
+    configs.check_overrides(cfg, ["--config.model.num_layer=3"])
+
+
+def test_locked_config_rejects_new_fields():
+  cfg = configs.load_config_file(DEFAULT)
+  cfg.lock()
+  with pytest.raises(AttributeError):
+    cfg.sampling.temprature = 1.0
+
+
+def test_run_sample_mode_in_process(tmp_path):
+  cfg = configs.load_config_file(DEFAULT)
+  cfg.sample.num_samples = 3
+  result = main.run(cfg, tmp_path)
+  rollout = result["rollout"]
+  assert rollout.tokens.shape == (3 * len(cfg.sample.prompts), cfg.sampling.max_new_tokens)
+  assert result["tokens_per_second"] > 0
