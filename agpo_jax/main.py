@@ -6,6 +6,7 @@ The config file selects the mode and everything else; `--config.a.b=value` overr
 
 from __future__ import annotations
 
+import json
 import pathlib
 import sys
 import time
@@ -16,22 +17,45 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_dict, config_flags
 
-from agpo_jax import configs, sampling
+from agpo_jax import configs, sampling, verifiers
+from agpo_jax.evaluation.evaluate import evaluate
 from agpo_jax.models import transformer
 from agpo_jax.models.config import resolve_model_config
+from agpo_jax.tasks import make_task
 from agpo_jax.tokenizers import load_tokenizer
+from agpo_jax.train.rl import train_rl
+from agpo_jax.train.sft import train_sft
+from agpo_jax.verifiers.inline import InlineVerifier
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to a config file (configs/*.py).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
 
 
-def run_sample(config: config_dict.ConfigDict, workdir: pathlib.Path) -> dict:
-  """Draw completions from the configured model and print them with decode throughput."""
+def _setup(config: config_dict.ConfigDict):
+  """Tokenizer, model shapes and task named by the config."""
   tokenizer = load_tokenizer(config.tokenizer)
   model_cfg = resolve_model_config(config.model, tokenizer.vocab_size)
+  return tokenizer, model_cfg, make_task(config.task)
+
+
+def make_verifier(config: config_dict.ConfigDict):
+  """String references are graded in-process; math goes to the isolated worker pool."""
+  if config.verifier.kind in InlineVerifier.kinds:
+    return InlineVerifier(config.verifier.kind, config.verifier.max_answer_chars)
+  return verifiers.make_verifier(config.verifier)
+
+
+def _counts_path(config: config_dict.ConfigDict, workdir: pathlib.Path, label: str):
+  e = config.eval
+  return workdir / "eval" / f"{label}_{e.split}_n{e.n}_t{e.temperature}_p{e.top_p}_s{e.seed}.jsonl"
+
+
+def run_sample(config: config_dict.ConfigDict, workdir: pathlib.Path) -> dict:
+  """Draw completions from the configured model and print them with decode throughput."""
+  tokenizer, model_cfg, _ = _setup(config)
   rng = jax.random.key(config.seed, impl=config.prng_impl)
-  params = transformer.init_params(model_cfg, rng)
+  params = _initial_params(config, workdir, model_cfg)
   sampler = sampling.Sampler(model_cfg, tokenizer.pad_id, config.sampling.min_prompt_bucket)
   sp = sampling.sampling_params(config.sampling, tokenizer.stop_ids, tokenizer.vocab_size)
   prompts = [tokenizer.encode(p, add_bos=True) for p in config.sample.prompts]
@@ -43,7 +67,7 @@ def run_sample(config: config_dict.ConfigDict, workdir: pathlib.Path) -> dict:
                                                    jax.random.fold_in(rng, 2), sp))
   seconds = time.perf_counter() - start
   tokens = int(np.asarray(rollout.lengths).sum())
-  print(f"model: {model_cfg.num_params:,} parameters (random init), {len(prompts)} prompts "
+  print(f"model: {model_cfg.num_params:,} parameters, {len(prompts)} prompts "
         f"x {num} samples, {tokens} tokens in {seconds * 1e3:.1f} ms "
         f"({tokens / seconds:,.0f} tokens/s)")
   for row in range(rollout.tokens.shape[0]):
@@ -55,7 +79,87 @@ def run_sample(config: config_dict.ConfigDict, workdir: pathlib.Path) -> dict:
   return {"tokens_per_second": tokens / seconds, "rollout": rollout}
 
 
+def _initial_params(config, workdir, model_cfg):
+  """The SFT warm start's params when the workdir has one, else a random init."""
+  sft_dir = workdir / "sft"
+  if (sft_dir / "checkpoints").exists() or sft_dir.exists():
+    tokenizer, _, task = _setup(config)
+    return train_sft(config, sft_dir, model_cfg, tokenizer, task.split("train"))
+  return transformer.init_params(model_cfg, jax.random.key(config.seed, impl=config.prng_impl))
+
+
+def run_sft(config: config_dict.ConfigDict, workdir: pathlib.Path) -> dict:
+  tokenizer, model_cfg, task = _setup(config)
+  params = train_sft(config, workdir / "sft", model_cfg, tokenizer, task.split("train"))
+  return {"params": params}
+
+
+def run_rl(config: config_dict.ConfigDict, workdir: pathlib.Path) -> dict:
+  """RL from the workdir's warm start if it has one, else from a random init."""
+  tokenizer, model_cfg, task = _setup(config)
+  params = _initial_params(config, workdir, model_cfg)
+  with make_verifier(config) as verifier:
+    result = train_rl(config, workdir / "rl", model_cfg, tokenizer, task.split("train"),
+                      verifier, params)
+  return {"params": result.params, "interrupted": result.interrupted}
+
+
+def run_evaluate(config: config_dict.ConfigDict, workdir: pathlib.Path) -> dict:
+  """Evaluate the workdir's latest model (RL if present, else SFT) on config.eval.split."""
+  tokenizer, model_cfg, task = _setup(config)
+  params = _initial_params(config, workdir, model_cfg)
+  sampler = sampling.Sampler(model_cfg, tokenizer.pad_id, config.sampling.min_prompt_bucket)
+  with make_verifier(config) as verifier:
+    _, summary = evaluate(config, params, sampler, tokenizer, task.split(config.eval.split),
+                          verifier, _counts_path(config, workdir, "model"), "eval")
+  print(format_pass_table({"model": summary}))
+  return {"summary": summary}
+
+
+def run_pipeline(config: config_dict.ConfigDict, workdir: pathlib.Path) -> dict:
+  """Warm start (cached), evaluate the base, RL, evaluate the trained model, compare."""
+  tokenizer, model_cfg, task = _setup(config)
+  started = time.perf_counter()
+  base = train_sft(config, workdir / "sft", model_cfg, tokenizer, task.split("train"))
+  sampler = sampling.Sampler(model_cfg, tokenizer.pad_id, config.sampling.min_prompt_bucket)
+  heldout = task.split(config.eval.split)
+  summaries = {}
+  with make_verifier(config) as verifier:
+    _, summaries["base"] = evaluate(config, base, sampler, tokenizer, heldout, verifier,
+                                    _counts_path(config, workdir, "base"), "eval base")
+    result = train_rl(config, workdir / "rl", model_cfg, tokenizer, task.split("train"),
+                      verifier, base)
+    if result.interrupted:
+      return {"interrupted": True}
+    label = config.algo.name
+    _, summaries[label] = evaluate(config, result.params, sampler, tokenizer, heldout, verifier,
+                                   _counts_path(config, workdir, label), f"eval {label}")
+  table = format_pass_table(summaries)
+  seconds = time.perf_counter() - started
+  print(f"\npass@k on {len(heldout) if not config.eval.max_problems else config.eval.max_problems}"
+        f" held-out problems, n = {config.eval.n}, temperature {config.eval.temperature}, "
+        f"top-p {config.eval.top_p} ({seconds:.0f} s this run):\n{table}")
+  (workdir / "results.json").write_text(json.dumps(summaries, indent=2, default=float) + "\n")
+  (workdir / "results.md").write_text(table + "\n")
+  return {"summaries": summaries, "params": result.params}
+
+
+def format_pass_table(summaries: dict[str, dict]) -> str:
+  """Markdown table: one row per model, pass@k columns, avg@n."""
+  ks = sorted({int(k) for s in summaries.values() for k in s["pass@k"]})
+  header = "| model | " + " | ".join(f"pass@{k}" for k in ks) + " |"
+  lines = [header, "|" + "---|" * (len(ks) + 1)]
+  for name, summary in summaries.items():
+    values = {int(k): v for k, v in summary["pass@k"].items()}
+    lines.append(f"| {name} | " + " | ".join(f"{100 * values[k]:.1f}" for k in ks) + " |")
+  return "\n".join(lines)
+
+
 MODES: dict[str, Callable[[config_dict.ConfigDict, pathlib.Path], dict]] = {
+    "pipeline": run_pipeline,
+    "sft": run_sft,
+    "rl": run_rl,
+    "evaluate": run_evaluate,
     "sample": run_sample,
 }
 

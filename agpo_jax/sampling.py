@@ -73,12 +73,16 @@ class Rollout(struct.PyTreeNode):
       computes); 0 after a row's end.
     lengths: `[N]` int32 number of generated tokens, the stop token included.
     truncated: `[N]` bool, True when the row hit `max_new_tokens` without a stop token.
+    prompt_tokens, prompt_mask: `[N, P]` the left-padded prompt of each row, so that a trainer
+      can rebuild exactly the sequence the sampler saw.
   """
 
   tokens: Array
   logprobs: Array
   lengths: Array
   truncated: Array
+  prompt_tokens: Array
+  prompt_mask: Array
 
   @property
   def mask(self) -> Array:
@@ -173,7 +177,9 @@ def decode(model_cfg: ModelConfig, params_s: SamplingParams, pad_id: int, params
   init = (jnp.zeros((), jnp.int32), cache, logits, jnp.full((n, budget), pad_id, jnp.int32),
           jnp.zeros((n, budget), jnp.float32), jnp.zeros((n,), bool), jnp.zeros((n,), jnp.int32))
   _, cache, _, tokens, logprobs, done, lengths = jax.lax.while_loop(cond, body, init)
-  return Rollout(tokens=tokens, logprobs=logprobs, lengths=lengths, truncated=~done), cache
+  rollout = Rollout(tokens=tokens, logprobs=logprobs, lengths=lengths, truncated=~done,
+                    prompt_tokens=None, prompt_mask=None)
+  return rollout, cache
 
 
 def sampling_config() -> config_dict.ConfigDict:
@@ -245,4 +251,5 @@ class Sampler:
     cache_len = prompt_len + sampling.max_new_tokens
     cache, logits, prompt_lens = self._prefill(num_samples, cache_len, params, tokens, mask)
     rollout, _ = self._decode(sampling, self.pad_id, params, cache, logits, prompt_lens, rng)
-    return rollout
+    return rollout.replace(prompt_tokens=np.repeat(tokens, num_samples, axis=0),
+                           prompt_mask=np.repeat(mask, num_samples, axis=0))

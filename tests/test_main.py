@@ -23,7 +23,8 @@ def _cli(*args, workdir):
 
 
 def test_cli_applies_overrides(tmp_path):
-  result = _cli("--config.sampling.max_new_tokens=3", "--config.sample.num_samples=2",
+  result = _cli("--config.mode=sample", "--config.sampling.max_new_tokens=3",
+                "--config.sample.num_samples=2",
                 "--config.sample.prompts=('11*11=',)", workdir=tmp_path)
   assert result.returncode == 0, result.stderr
   saved = json.loads((tmp_path / "config.json").read_text())
@@ -64,6 +65,7 @@ def test_locked_config_rejects_new_fields():
 
 def test_run_sample_mode_in_process(tmp_path):
   cfg = configs.load_config_file(DEFAULT)
+  cfg.mode = "sample"
   cfg.sample.num_samples = 3
   result = main.run(cfg, tmp_path)
   rollout = result["rollout"]

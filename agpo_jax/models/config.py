@@ -78,6 +78,17 @@ class ModelConfig:
       if getattr(self, name) not in DTYPES:
         raise ValueError(f"model.{name}={getattr(self, name)!r}; expected one of {DTYPES}")
 
+  def checkpoint_signature(self) -> dict:
+    """The fields that fix the parameter tree (shapes, dtypes, layout).
+
+    A checkpoint whose signature differs cannot be restored into this model. Compute dtype,
+    remat and max_seq_len change how the model runs, not what it stores, so they may differ.
+    """
+    fields = dataclasses.asdict(self)
+    for free in ("dtype", "remat", "max_seq_len"):
+      fields.pop(free)
+    return fields
+
   @property
   def num_params(self) -> int:
     """Parameter count, from the shapes alone."""

@@ -1,0 +1,99 @@
+"""Evaluation: `n` samples per problem, verified, written as per-problem counts.
+
+Problems are processed in fixed chunks of `eval.batch_prompts`; chunk `i` samples with
+`fold_in(rng, i)` (and sub-call `j` of a chunk with `fold_in(fold_in(rng, i), j)`), so the
+counts do not depend on how often the evaluation was interrupted: a resumed evaluation skips
+the problems already in the count file and reproduces the rest exactly.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from ml_collections import config_dict
+from tqdm import tqdm
+
+from agpo_jax import sampling
+from agpo_jax.evaluation import counts as counts_lib
+from agpo_jax.tasks import encode_prompt
+from agpo_jax.tokenizers import Tokenizer
+from agpo_jax.verifiers.grades import CORRECT
+
+
+def eval_config() -> config_dict.ConfigDict:
+  """The `config.eval` block (reference protocol: n = 256, temperature 0.6, top-p 0.95)."""
+  return config_dict.ConfigDict(dict(
+      n=256,
+      temperature=0.6,
+      top_p=0.95,
+      top_k=0,
+      max_new_tokens=config_dict.placeholder(int),  # None: sampling.max_new_tokens
+      batch_prompts=32,  # problems per sampler call
+      samples_per_call=256,  # samples per problem per sampler call (n is split into these)
+      split="heldout",
+      max_problems=0,  # 0: all problems of the split
+      seed=1234,  # evaluation sampling seed, independent of the training seed
+  ))
+
+
+def evaluate(config: config_dict.ConfigDict, params: Any, sampler: sampling.Sampler,
+             tokenizer: Tokenizer, problems: Sequence[Any], verifier: Any,
+             counts_path: pathlib.Path | None = None, label: str = "eval"
+             ) -> tuple[list[dict], dict]:
+  """Sample `config.eval.n` completions per problem; returns (count records, summary)."""
+  cfg = config.eval
+  if cfg.n % cfg.samples_per_call and cfg.samples_per_call < cfg.n:
+    raise ValueError(f"eval.n={cfg.n} must be a multiple of eval.samples_per_call="
+                     f"{cfg.samples_per_call}")
+  if cfg.max_problems:
+    problems = problems[:cfg.max_problems]
+  sp = sampling.sampling_params(
+      config.sampling, tokenizer.stop_ids, tokenizer.vocab_size, temperature=cfg.temperature,
+      top_p=cfg.top_p, top_k=cfg.top_k,
+      max_new_tokens=cfg.max_new_tokens or config.sampling.max_new_tokens)
+  per_call = min(cfg.samples_per_call, cfg.n)
+  rng = jax.random.key(cfg.seed, impl=config.prng_impl)
+
+  records = {}
+  if counts_path is not None:
+    counts_path.parent.mkdir(parents=True, exist_ok=True)
+  if counts_path is not None and counts_path.exists():
+    records = {r["id"]: r for r in counts_lib.read_counts(counts_path)}
+  chunks = [problems[i:i + cfg.batch_prompts] for i in range(0, len(problems),
+                                                              cfg.batch_prompts)]
+  todo = [i for i, chunk in enumerate(chunks) if any(p.id not in records for p in chunk)]
+  started = time.perf_counter()
+  bar = tqdm(total=len(problems), initial=len(problems) - sum(len(chunks[i]) for i in todo),
+             desc=label, unit="problem", leave=False, dynamic_ncols=True)
+  for index in todo:
+    chunk = chunks[index]
+    prompts = [encode_prompt(tokenizer, p) for p in chunk]
+    chunk_rng = jax.random.fold_in(rng, index)
+    correct = np.zeros((len(chunk), 0), np.int8)
+    answers: list[list[str]] = [[] for _ in chunk]
+    for call in range(cfg.n // per_call):
+      rollout = sampler.generate(params, prompts, per_call, jax.random.fold_in(chunk_rng, call),
+                                 sp)
+      tokens, lengths = np.asarray(rollout.tokens), np.asarray(rollout.lengths)
+      texts = [tokenizer.decode(tokens[r, :lengths[r]]) for r in range(len(lengths))]
+      grades = verifier.grade(texts, [p.reference for p in chunk for _ in range(per_call)])
+      solved = np.array([g.status == CORRECT for g in grades]).reshape(len(chunk), per_call)
+      correct = np.concatenate([correct, solved.astype(np.int8)], axis=1)
+      for row, grade in enumerate(grades):
+        answers[row // per_call].append(grade.answer or None)
+    new = [counts_lib.make_record(p.id, correct[i], answers=answers[i])
+           for i, p in enumerate(chunk) if p.id not in records]
+    if counts_path is not None:
+      counts_lib.append_counts(counts_path, new)
+    records.update({r["id"]: r for r in new})
+    bar.update(len(chunk))
+  bar.close()
+  ordered = [records[p.id] for p in problems]
+  summary = counts_lib.summarize(ordered)
+  summary["seconds"] = time.perf_counter() - started
+  return ordered, summary

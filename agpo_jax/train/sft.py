@@ -1,0 +1,104 @@
+"""Supervised warm start: train on task demonstrations (prompt -> gold answer).
+
+On the embedded testbed this creates the base model that RL starts from. The loss covers the
+answer tokens only. Checkpoints go to `workdir`; a finished warm start is reused, an
+interrupted one resumes.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from ml_collections import config_dict
+
+from agpo_jax import checkpointing
+from agpo_jax.metrics import MetricsWriter
+from agpo_jax.models import transformer
+from agpo_jax.models.config import ModelConfig
+from agpo_jax.tasks import encode_prompt
+from agpo_jax.tasks.testbed import PromptIterator
+from agpo_jax.tokenizers import Tokenizer
+from agpo_jax.train import step as train_step
+from agpo_jax.train.state_io import restore_state, save_state, state_meta
+
+
+def sft_config() -> config_dict.ConfigDict:
+  """The `config.sft` block."""
+  optim = train_step.optim_config(lr=3e-3)
+  optim.schedule = "cosine"
+  optim.warmup_steps = 100
+  optim.end_lr_ratio = 0.1
+  return config_dict.ConfigDict(dict(
+      steps=1000,
+      batch_size=256,
+      num_microbatches=1,
+      checkpoint_every=250,
+      log_every=50,
+      optim=optim,
+  ))
+
+
+def demonstration_batch(tokenizer: Tokenizer, problems: Sequence[Any], length: int
+                        ) -> train_step.SFTBatch:
+  """Right-padded `prompt + answer + eos` rows; targets are the answer and eos."""
+  tokens = np.full((len(problems), length), tokenizer.pad_id, np.int32)
+  targets = np.zeros((len(problems), length), bool)
+  for row, problem in enumerate(problems):
+    prompt = encode_prompt(tokenizer, problem)
+    answer = tokenizer.encode(problem.answer) + [tokenizer.eos_id]
+    sequence = prompt + answer
+    if len(sequence) > length:
+      raise ValueError(f"demonstration {problem.id!r} has {len(sequence)} tokens > {length}")
+    tokens[row, :len(sequence)] = sequence
+    targets[row, len(prompt):len(sequence)] = True
+  input_mask = np.zeros_like(targets)
+  for row, problem in enumerate(problems):
+    input_mask[row] = tokens[row] != tokenizer.pad_id
+  positions = np.maximum(np.cumsum(input_mask, axis=1) - 1, 0).astype(np.int32)
+  return train_step.SFTBatch(tokens=tokens, input_mask=input_mask, positions=positions,
+                             target_mask=targets)
+
+
+def train_sft(config: config_dict.ConfigDict, workdir: pathlib.Path, model_cfg: ModelConfig,
+              tokenizer: Tokenizer, problems: Sequence[Any], params: Any | None = None) -> Any:
+  """Run (or resume, or reuse) the warm start; returns the trained parameters."""
+  cfg = config.sft
+  rng = jax.random.key(config.seed, impl=config.prng_impl)
+  if params is None:
+    params = transformer.init_params(model_cfg, jax.random.fold_in(rng, 0))
+  tx = train_step.make_optimizer(cfg.optim, cfg.steps)
+  state = train_step.TrainState.create(params, tx)
+  iterator = PromptIterator(len(problems), cfg.batch_size, seed=config.seed)
+  length = max(len(encode_prompt(tokenizer, p)) + len(tokenizer.encode(p.answer)) + 1
+               for p in problems)
+
+  with checkpointing.Checkpointer(workdir, max_to_keep=1) as ckpt:
+    meta = state_meta(model_cfg, iterator)
+    if ckpt.latest_step() is not None:
+      state, iterator_state = restore_state(ckpt, state, meta)
+      iterator = PromptIterator(len(problems), cfg.batch_size, config.seed, iterator_state)
+    start = int(state.step)
+    if start >= cfg.steps:
+      return state.params
+    update = train_step.make_sft_step(model_cfg, cfg.num_microbatches)
+    lr = train_step.learning_rate_schedule(cfg.optim, cfg.steps)
+    print(f"SFT warm start: {cfg.steps} steps x {cfg.batch_size} demonstrations "
+          f"({model_cfg.num_params:,} parameters) in {workdir}")
+    with MetricsWriter(workdir, cfg.steps, start_step=start, stdout_every=cfg.log_every,
+                       progress_keys=("loss",)) as writer:
+      for step in range(start, cfg.steps):
+        started = time.perf_counter()
+        batch = demonstration_batch(tokenizer, [problems[i] for i in iterator.next_indices()],
+                                    length)
+        state, metrics = update(state, batch)
+        metrics = jax.device_get(metrics)
+        metrics.update(lr=float(lr(step)), step_s=time.perf_counter() - started)
+        writer.write(step + 1, metrics)
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+          save_state(ckpt, state, state_meta(model_cfg, iterator))
+  return state.params

@@ -1,0 +1,61 @@
+"""An in-process verifier for string references ('exact' and 'label').
+
+String comparison cannot hang or crash, so it needs none of the worker pool's isolation, and
+skipping the inter-process round trip matters for the testbed, where a step grades hundreds of
+four-character answers. Math references are refused here: they go to `VerifierPool`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from agpo_jax.verifiers.grades import Grade, Reference, grade_stats
+from agpo_jax.verifiers.labels import grade_label
+
+
+class InlineVerifier:
+  """Same callback contract as `VerifierPool`: `(completions, references) -> (rewards, statuses)`."""
+
+  kinds = ("exact", "label")
+
+  def __init__(self, default_kind: str = "exact", max_answer_chars: int = 1000):
+    if default_kind not in self.kinds:
+      raise ValueError(f"InlineVerifier grades {self.kinds} references, not {default_kind!r}")
+    self.default_kind = default_kind
+    self.max_answer_chars = max_answer_chars
+    self.last_stats: dict[str, float] = {}
+
+  def grade(self, completions: Sequence[str], references: Sequence[Reference | str]
+            ) -> list[Grade]:
+    if len(completions) != len(references):
+      raise ValueError(f"{len(completions)} completions but {len(references)} references")
+    start = time.monotonic()
+    grades = []
+    for completion, reference in zip(completions, references):
+      if isinstance(reference, str):
+        reference = Reference(reference, self.default_kind)
+      if reference.kind not in self.kinds:
+        raise ValueError(f"InlineVerifier cannot grade {reference.kind!r} references; "
+                         "use the process pool (verifier.kind='math')")
+      grades.append(grade_label(completion, reference.answer,
+                                ignore_case=reference.kind == "label",
+                                max_answer_chars=self.max_answer_chars))
+    self.last_stats = grade_stats(grades, time.monotonic() - start)
+    return grades
+
+  def __call__(self, completions: Sequence[str], references: Sequence[Reference | str]
+               ) -> tuple[np.ndarray, list[str]]:
+    grades = self.grade(completions, references)
+    return np.asarray([g.reward for g in grades], np.float32), [g.status for g in grades]
+
+  def close(self) -> None:
+    pass
+
+  def __enter__(self) -> "InlineVerifier":
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self.close()
