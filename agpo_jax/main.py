@@ -23,7 +23,7 @@ from agpo_jax.models import transformer
 from agpo_jax.models.config import resolve_model_config
 from agpo_jax.tasks import make_task
 from agpo_jax.tokenizers import load_tokenizer
-from agpo_jax.train.rl import train_rl
+from agpo_jax.train.rl import restore_rl_params, train_rl
 from agpo_jax.train.sft import train_sft
 from agpo_jax.verifiers.inline import InlineVerifier
 
@@ -108,6 +108,8 @@ def run_evaluate(config: config_dict.ConfigDict, workdir: pathlib.Path) -> dict:
   """Evaluate the workdir's latest model (RL if present, else SFT) on config.eval.split."""
   tokenizer, model_cfg, task = _setup(config)
   params = _initial_params(config, workdir, model_cfg)
+  trained = restore_rl_params(config, workdir / "rl", model_cfg, params)
+  params = params if trained is None else trained
   sampler = sampling.Sampler(model_cfg, tokenizer.pad_id, config.sampling.min_prompt_bucket)
   with make_verifier(config) as verifier:
     _, summary = evaluate(config, params, sampler, tokenizer, task.split(config.eval.split),
@@ -131,7 +133,7 @@ def run_pipeline(config: config_dict.ConfigDict, workdir: pathlib.Path) -> dict:
                       verifier, base)
     if result.interrupted:
       return {"interrupted": True}
-    label = config.algo.name
+    label = f"{config.algo.name}-step{result.steps_done}"
     _, summaries[label] = evaluate(config, result.params, sampler, tokenizer, heldout, verifier,
                                    _counts_path(config, workdir, label), f"eval {label}")
   table = format_pass_table(summaries)

@@ -108,7 +108,7 @@ class ModelConfig:
 # separately (agpo_jax.models.hf); a preset only fixes shapes and numerics.
 PRESETS: dict[str, ModelConfig] = {
     # The embedded testbed: about 100k parameters; the embedding grows to the tokenizer's size.
-    "testbed": ModelConfig(vocab_size=16, num_layers=2, d_model=64, num_heads=4, num_kv_heads=2,
+    "testbed": ModelConfig(vocab_size=16, num_layers=2, d_model=64, num_heads=4, num_kv_heads=4,
                            head_dim=16, mlp_dim=256, max_seq_len=64),
     "qwen2.5-math-1.5b": ModelConfig(vocab_size=151_936, num_layers=28, d_model=1536,
                                      num_heads=12, num_kv_heads=2, head_dim=128, mlp_dim=8960,

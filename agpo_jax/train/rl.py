@@ -95,6 +95,23 @@ def rollout_and_grade(config, sampler, verifier, tokenizer, params, problems, rn
   return rollout, rewards.reshape(len(problems), group), info
 
 
+def _train_state(config, init_params) -> train_step.TrainState:
+  updates = config.train.steps * config.train.num_minibatches * config.train.epochs
+  return train_step.TrainState.create(init_params, train_step.make_optimizer(config.optim,
+                                                                             updates))
+
+
+def restore_rl_params(config: config_dict.ConfigDict, workdir: pathlib.Path,
+                      model_cfg: ModelConfig, init_params: Any) -> Any | None:
+  """The params of the latest RL checkpoint in `workdir`, or None if there is none."""
+  with checkpointing.Checkpointer(workdir / "checkpoints") as ckpt:
+    if ckpt.latest_step() is None:
+      return None
+    state, _ = restore_state(ckpt, _train_state(config, init_params),
+                             {"model": model_cfg.checkpoint_signature()})
+  return state.params
+
+
 def train_rl(config: config_dict.ConfigDict, workdir: pathlib.Path, model_cfg: ModelConfig,
              tokenizer: Tokenizer, problems: Sequence[Any], verifier: Callable,
              init_params: Any, evaluate_fn: Callable[[Any, int], dict] | None = None
@@ -110,9 +127,8 @@ def train_rl(config: config_dict.ConfigDict, workdir: pathlib.Path, model_cfg: M
   # An unknown algorithm fails before any work, naming the config key.
   configs.require_choice(config, "algo.name", adv_lib.estimator_names())
   updates_per_step = cfg.num_minibatches * cfg.epochs
-  tx = train_step.make_optimizer(config.optim, cfg.steps * updates_per_step)
   lr = train_step.learning_rate_schedule(config.optim, cfg.steps * updates_per_step)
-  state = train_step.TrainState.create(init_params, tx)
+  state = _train_state(config, init_params)
   rng = jax.random.key(config.seed, impl=config.prng_impl)
   iterator = PromptIterator(len(problems), cfg.batch_prompts, seed=config.seed)
   sp = sampling.sampling_params(config.sampling, tokenizer.stop_ids, tokenizer.vocab_size)
