@@ -6,6 +6,7 @@ The config file selects the mode and everything else; `--config.a.b=value` overr
 
 from __future__ import annotations
 
+import copy
 import json
 import pathlib
 import sys
@@ -49,6 +50,21 @@ def make_verifier(config: config_dict.ConfigDict):
 def _counts_path(config: config_dict.ConfigDict, workdir: pathlib.Path, label: str):
   e = config.eval
   return workdir / "eval" / f"{label}_{e.split}_n{e.n}_t{e.temperature}_p{e.top_p}_s{e.seed}.jsonl"
+
+
+def _periodic_evaluator(config, sampler, tokenizer, problems, verifier):
+  """`(params, step) -> metrics`: a small held-out pass@k check for use during RL."""
+  small = copy.deepcopy(config)
+  small.eval.n = config.train.eval_n
+  small.eval.samples_per_call = min(config.eval.samples_per_call, config.train.eval_n)
+  small.eval.max_problems = config.train.eval_problems
+
+  def evaluate_during_training(params, step):
+    _, summary = evaluate(small, params, sampler, tokenizer, problems, verifier,
+                          label=f"eval @ step {step}")
+    return {f"pass@{k}": v for k, v in summary["pass@k"].items()}
+
+  return evaluate_during_training
 
 
 def run_sample(config: config_dict.ConfigDict, workdir: pathlib.Path) -> dict:
@@ -98,9 +114,12 @@ def run_rl(config: config_dict.ConfigDict, workdir: pathlib.Path) -> dict:
   """RL from the workdir's warm start if it has one, else from a random init."""
   tokenizer, model_cfg, task = _setup(config)
   params = _initial_params(config, workdir, model_cfg)
+  sampler = sampling.Sampler(model_cfg, tokenizer.pad_id, config.sampling.min_prompt_bucket)
   with make_verifier(config) as verifier:
+    periodic = _periodic_evaluator(config, sampler, tokenizer, task.split(config.eval.split),
+                                   verifier)
     result = train_rl(config, workdir / "rl", model_cfg, tokenizer, task.split("train"),
-                      verifier, params)
+                      verifier, params, periodic)
   return {"params": result.params, "interrupted": result.interrupted}
 
 
@@ -129,8 +148,9 @@ def run_pipeline(config: config_dict.ConfigDict, workdir: pathlib.Path) -> dict:
   with make_verifier(config) as verifier:
     _, summaries["base"] = evaluate(config, base, sampler, tokenizer, heldout, verifier,
                                     _counts_path(config, workdir, "base"), "eval base")
+    periodic = _periodic_evaluator(config, sampler, tokenizer, heldout, verifier)
     result = train_rl(config, workdir / "rl", model_cfg, tokenizer, task.split("train"),
-                      verifier, base)
+                      verifier, base, periodic)
     if result.interrupted:
       return {"interrupted": True}
     label = f"{config.algo.name}-step{result.steps_done}"

@@ -50,6 +50,7 @@ def get_config() -> config_dict.ConfigDict:
   config.train = rl_config()
   config.train.steps = 150
   config.train.batch_prompts = 64
+  config.train.log_every = 10
   config.optim = optim_config(lr=3e-4)
   config.algo = algo_config()  # name = "agpo"
   config.loss = loss_config()

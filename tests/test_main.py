@@ -71,3 +71,36 @@ def test_run_sample_mode_in_process(tmp_path):
   rollout = result["rollout"]
   assert rollout.tokens.shape == (3 * len(cfg.sample.prompts), cfg.sampling.max_new_tokens)
   assert result["tokens_per_second"] > 0
+
+
+def test_pipeline_end_to_end_in_process(tmp_path):
+  """Warm start, base evaluation, RL with periodic evaluation, trained evaluation, table."""
+  cfg = configs.load_config_file(DEFAULT)
+  cfg.model.num_layers = 1
+  cfg.sft.steps = 3
+  cfg.sft.batch_size = 16
+  cfg.train.steps = 2
+  cfg.train.batch_prompts = 4
+  cfg.train.eval_every = 1
+  cfg.train.eval_problems = 3
+  cfg.train.eval_n = 2
+  cfg.sampling.num_samples = 2
+  cfg.eval.n = 4
+  cfg.eval.max_problems = 5
+  result = main.run(cfg, tmp_path)
+  assert set(result["summaries"]) == {"base", "agpo-step2"}
+  saved = json.loads((tmp_path / "results.json").read_text())
+  assert saved["base"]["num_problems"] == 5 and saved["base"]["n"] == 4
+  table = (tmp_path / "results.md").read_text()
+  assert "| base |" in table and "| agpo-step2 |" in table and "pass@4" in table
+  lines = [json.loads(l) for l in (tmp_path / "rl" / "metrics.jsonl").read_text().splitlines()]
+  assert [l["step"] for l in lines] == [1, 2]
+  assert all("eval/pass@2" in l for l in lines)
+  # A second run reuses everything: the warm start, both evaluations and the finished RL run.
+  logs = [tmp_path / "sft" / "metrics.jsonl", tmp_path / "rl" / "metrics.jsonl",
+          *sorted((tmp_path / "eval").iterdir())]
+  before = [p.read_text() for p in logs]
+  again = main.run(cfg, tmp_path)
+  assert [p.read_text() for p in logs] == before
+  drop_time = lambda summaries: {k: {**v, "seconds": None} for k, v in summaries.items()}
+  assert drop_time(again["summaries"]) == drop_time(result["summaries"])

@@ -200,7 +200,9 @@ def rl_config() -> config_dict.ConfigDict:
       log_every=1,
       checkpoint_every=50,
       max_to_keep=2,
-      eval_every=0,  # 0: evaluate only at the end
+      eval_every=0,  # held-out pass@k every this many steps during RL (0: only at the end)
+      eval_problems=200,  # ... on the first this many problems of config.eval.split
+      eval_n=16,  # ... with this many samples each (other settings from config.eval)
       max_consecutive_skips=5,  # stop the run after this many non-finite updates in a row
   ))
 
