@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-from ml_collections import config_dict
 
 from agpo_jax import configs, main
 

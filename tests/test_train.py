@@ -9,12 +9,11 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-from agpo_jax import checkpointing, configs
+from agpo_jax import configs
 from agpo_jax.algorithms import apply_preset, loss_config
 from agpo_jax.main import make_verifier
 from agpo_jax.models import transformer

@@ -224,7 +224,7 @@ def make_rl_step(model_cfg: ModelConfig, loss_cfg: Any, train_cfg: Any, temperat
   def update(state: TrainState, minibatch: RLBatch):
     loss, grads, metrics = accumulate_gradients(loss_fn, state.params, minibatch,
                                                 train_cfg.num_microbatches)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     state, applied = _apply_if_finite(state, grads, loss)
     return state, (loss, grad_norm, applied, metrics)
 
@@ -302,7 +302,7 @@ def make_sft_step(model_cfg: ModelConfig, num_microbatches: int = 1):
 
   def step(state: TrainState, batch: SFTBatch):
     loss, grads, _ = accumulate_gradients(loss_fn, state.params, batch, num_microbatches)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     state, applied = _apply_if_finite(state, grads, loss)
     return state.replace(step=state.step + 1), {"loss": loss, "grad_norm": grad_norm,
                                                 "skipped_total": state.skipped}
