@@ -148,14 +148,16 @@ def run_pipeline(config: config_dict.ConfigDict, workdir: pathlib.Path) -> dict:
   with make_verifier(config) as verifier:
     _, summaries["base"] = evaluate(config, base, sampler, tokenizer, heldout, verifier,
                                     _counts_path(config, workdir, "base"), "eval base")
-    periodic = _periodic_evaluator(config, sampler, tokenizer, heldout, verifier)
-    result = train_rl(config, workdir / "rl", model_cfg, tokenizer, task.split("train"),
-                      verifier, base, periodic)
-    if result.interrupted:
-      return {"interrupted": True}
-    label = f"{config.algo.name}-step{result.steps_done}"
-    _, summaries[label] = evaluate(config, result.params, sampler, tokenizer, heldout, verifier,
-                                   _counts_path(config, workdir, label), f"eval {label}")
+    params = base
+    if config.train.steps:  # train.steps=0: warm start and base evaluation only
+      periodic = _periodic_evaluator(config, sampler, tokenizer, heldout, verifier)
+      result = train_rl(config, workdir / "rl", model_cfg, tokenizer, task.split("train"),
+                        verifier, base, periodic)
+      if result.interrupted:
+        return {"interrupted": True}
+      params, label = result.params, f"{config.algo.name}-step{result.steps_done}"
+      _, summaries[label] = evaluate(config, params, sampler, tokenizer, heldout, verifier,
+                                     _counts_path(config, workdir, label), f"eval {label}")
   table = format_pass_table(summaries)
   seconds = time.perf_counter() - started
   print(f"\npass@k on {len(heldout) if not config.eval.max_problems else config.eval.max_problems}"
@@ -163,7 +165,7 @@ def run_pipeline(config: config_dict.ConfigDict, workdir: pathlib.Path) -> dict:
         f"top-p {config.eval.top_p} ({seconds:.0f} s this run):\n{table}")
   (workdir / "results.json").write_text(json.dumps(summaries, indent=2, default=float) + "\n")
   (workdir / "results.md").write_text(table + "\n")
-  return {"summaries": summaries, "params": result.params}
+  return {"summaries": summaries, "params": params}
 
 
 def format_pass_table(summaries: dict[str, dict]) -> str:
