@@ -69,9 +69,9 @@ def _periodic_evaluator(config, sampler, tokenizer, problems, verifier):
 
 def run_sample(config: config_dict.ConfigDict, workdir: pathlib.Path) -> dict:
   """Draw completions from the configured model and print them with decode throughput."""
-  tokenizer, model_cfg, _ = _setup(config)
+  tokenizer, model_cfg, task = _setup(config)
   rng = jax.random.key(config.seed, impl=config.prng_impl)
-  params = _initial_params(config, workdir, model_cfg)
+  params, _ = _initial_params(config, workdir, model_cfg, tokenizer, task)
   sampler = sampling.Sampler(model_cfg, tokenizer.pad_id, config.sampling.min_prompt_bucket)
   sp = sampling.sampling_params(config.sampling, tokenizer.stop_ids, tokenizer.vocab_size)
   prompts = [tokenizer.encode(p, add_bos=True) for p in config.sample.prompts]
@@ -95,13 +95,13 @@ def run_sample(config: config_dict.ConfigDict, workdir: pathlib.Path) -> dict:
   return {"tokens_per_second": tokens / seconds, "rollout": rollout}
 
 
-def _initial_params(config, workdir, model_cfg):
-  """The SFT warm start's params when the workdir has one, else a random init."""
-  sft_dir = workdir / "sft"
-  if (sft_dir / "checkpoints").exists() or sft_dir.exists():
-    tokenizer, _, task = _setup(config)
-    return train_sft(config, sft_dir, model_cfg, tokenizer, task.split("train"))
-  return transformer.init_params(model_cfg, jax.random.key(config.seed, impl=config.prng_impl))
+def _initial_params(config, workdir, model_cfg, tokenizer, task):
+  """The warm start's params when the workdir has one (finished if it was not), else a random
+  init. Returns (params, label)."""
+  if (workdir / "sft").exists():
+    return train_sft(config, workdir / "sft", model_cfg, tokenizer, task.split("train")), "sft"
+  rng = jax.random.key(config.seed, impl=config.prng_impl)
+  return transformer.init_params(model_cfg, rng), "init"
 
 
 def run_sft(config: config_dict.ConfigDict, workdir: pathlib.Path) -> dict:
@@ -113,7 +113,7 @@ def run_sft(config: config_dict.ConfigDict, workdir: pathlib.Path) -> dict:
 def run_rl(config: config_dict.ConfigDict, workdir: pathlib.Path) -> dict:
   """RL from the workdir's warm start if it has one, else from a random init."""
   tokenizer, model_cfg, task = _setup(config)
-  params = _initial_params(config, workdir, model_cfg)
+  params, _ = _initial_params(config, workdir, model_cfg, tokenizer, task)
   sampler = sampling.Sampler(model_cfg, tokenizer.pad_id, config.sampling.min_prompt_bucket)
   with make_verifier(config) as verifier:
     periodic = _periodic_evaluator(config, sampler, tokenizer, task.split(config.eval.split),
@@ -126,15 +126,17 @@ def run_rl(config: config_dict.ConfigDict, workdir: pathlib.Path) -> dict:
 def run_evaluate(config: config_dict.ConfigDict, workdir: pathlib.Path) -> dict:
   """Evaluate the workdir's latest model (RL if present, else SFT) on config.eval.split."""
   tokenizer, model_cfg, task = _setup(config)
-  params = _initial_params(config, workdir, model_cfg)
+  params, label = _initial_params(config, workdir, model_cfg, tokenizer, task)
   trained = restore_rl_params(config, workdir / "rl", model_cfg, params)
-  params = params if trained is None else trained
+  if trained is not None:
+    params, step = trained
+    label = f"{config.algo.name}-step{step}"
   sampler = sampling.Sampler(model_cfg, tokenizer.pad_id, config.sampling.min_prompt_bucket)
   with make_verifier(config) as verifier:
     _, summary = evaluate(config, params, sampler, tokenizer, task.split(config.eval.split),
-                          verifier, _counts_path(config, workdir, "model"), "eval")
-  print(format_pass_table({"model": summary}))
-  return {"summary": summary}
+                          verifier, _counts_path(config, workdir, label), f"eval {label}")
+  print(format_pass_table({label: summary}))
+  return {"summary": summary, "label": label}
 
 
 def run_pipeline(config: config_dict.ConfigDict, workdir: pathlib.Path) -> dict:

@@ -103,3 +103,12 @@ def test_pipeline_end_to_end_in_process(tmp_path):
   assert [p.read_text() for p in logs] == before
   drop_time = lambda summaries: {k: {**v, "seconds": None} for k, v in summaries.items()}
   assert drop_time(again["summaries"]) == drop_time(result["summaries"])
+
+  # evaluate mode restores the RL checkpoint: re-sampled counts equal the pipeline's.
+  trained_counts = next((tmp_path / "eval").glob("agpo-step2_*.jsonl"))
+  expected = trained_counts.read_text()
+  trained_counts.unlink()
+  cfg.mode = "evaluate"
+  evaluated = main.run(cfg, tmp_path)
+  assert evaluated["label"] == "agpo-step2"
+  assert trained_counts.read_text() == expected

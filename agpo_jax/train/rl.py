@@ -102,14 +102,17 @@ def _train_state(config, init_params) -> train_step.TrainState:
 
 
 def restore_rl_params(config: config_dict.ConfigDict, workdir: pathlib.Path,
-                      model_cfg: ModelConfig, init_params: Any) -> Any | None:
-  """The params of the latest RL checkpoint in `workdir`, or None if there is none."""
+                      model_cfg: ModelConfig, init_params: Any) -> tuple[Any, int] | None:
+  """(params, step) of the latest RL checkpoint in `workdir`, or None if there is none."""
+  if not (workdir / "checkpoints").exists():
+    return None
   with checkpointing.Checkpointer(workdir / "checkpoints") as ckpt:
     if ckpt.latest_step() is None:
       return None
-    state, _ = restore_state(ckpt, _train_state(config, init_params),
-                             {"model": model_cfg.checkpoint_signature()})
-  return state.params
+    rng = jax.random.key(config.seed, impl=config.prng_impl)  # only its structure is used
+    state, _, _ = restore_state(ckpt, _train_state(config, init_params),
+                                {"model": model_cfg.checkpoint_signature()}, rng)
+  return state.params, int(state.step)
 
 
 def train_rl(config: config_dict.ConfigDict, workdir: pathlib.Path, model_cfg: ModelConfig,
