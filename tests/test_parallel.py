@@ -1,0 +1,221 @@
+"""Mesh, logical-axis rules and sharded parity.
+
+The multi-device checks need 8 fake CPU devices, which must be requested before JAX starts, so
+they run in one subprocess (one JAX start, a few compiles) that prints its findings as JSON;
+the tests below assert on them.
+"""
+
+import functools
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from agpo_jax import parallel
+from agpo_jax.models import config as model_config
+from agpo_jax.models import transformer
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MESHES = ((8, 1, 1), (1, 8, 1), (1, 1, 8), (2, 2, 2))
+RTOL, ATOL = 1e-5, 1e-6  # sharded vs single-device: only reduction order differs
+
+_SCRIPT = textwrap.dedent(r"""
+    import json
+    import jax
+    import numpy as np
+    import optax
+    from agpo_jax import parallel, sampling
+    from agpo_jax.algorithms import loss_config
+    from agpo_jax.models import transformer
+    from agpo_jax.models.config import PRESETS
+    from agpo_jax.train import step as train_step
+    import dataclasses
+
+    RTOL, ATOL = %(rtol)r, %(atol)r
+    MESHES = %(meshes)r
+    CFG = dataclasses.replace(PRESETS["testbed"], num_layers=1)
+    out = {"num_devices": jax.device_count(), "meshes": {}}
+
+    def close(a, b):
+      return all(np.allclose(np.asarray(x), np.asarray(y), rtol=RTOL, atol=ATOL)
+                 for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+
+    def random_batch(rows=8, prompt=4, completion=6, seed=0):
+      rng = np.random.default_rng(seed)
+      prompt_mask = np.ones((rows, prompt), bool)
+      prompt_mask[::3, :2] = False
+      lengths = rng.integers(1, completion + 1, rows)
+      completion_mask = np.arange(completion)[None, :] < lengths[:, None]
+      input_mask = np.concatenate([prompt_mask, completion_mask], 1)
+      tokens = rng.integers(3, 16, input_mask.shape).astype(np.int32) * input_mask
+      return train_step.RLBatch(
+          tokens=tokens, input_mask=input_mask,
+          positions=np.asarray(transformer.positions_from_mask(input_mask)),
+          completion_mask=completion_mask, advantages=rng.normal(size=rows).astype(np.float32),
+          sampler_logp=np.log(rng.uniform(0.05, 1, (rows, completion))).astype(np.float32))
+
+    keys = {impl: jax.random.key(0, impl=impl) for impl in ("threefry2x32", "rbg")}
+    reference = {impl: transformer.init_params(CFG, k) for impl, k in keys.items()}
+    # Plain SGD, so new params differ exactly by the gradient difference. AdamW's first update
+    # is about lr * sign(grad): a gradient that is 1e-9 on one device count and -1e-9 on
+    # another moves a weight by 2 * lr, which would say nothing about the sharding.
+    tx = optax.sgd(1.0)
+    rl_step = train_step.make_rl_step(CFG, loss_config(), train_step.rl_config(), 1.0)
+    batch = random_batch()
+    ref_state, ref_metrics = rl_step(
+        train_step.TrainState.create(transformer.init_params(CFG, keys["rbg"]), tx), batch)
+    sampler = sampling.Sampler(CFG, pad_id=0)
+    prompts = [[3, 4, 5], [6, 7], [8, 9, 10, 11], [12]]
+    greedy = sampling.SamplingParams(temperature=0.0, max_new_tokens=6)
+    ref_rollout = sampler.generate(reference["rbg"], prompts, 2, jax.random.key(1), greedy)
+
+    def spec(tree):
+      return jax.tree.map(lambda x: list(x.sharding.spec), tree)
+
+    for shape in MESHES:
+      mesh = parallel.make_mesh(dict(zip(parallel.MESH_AXES, shape)))
+      res = out["meshes"][str(shape)] = {"mesh": dict(mesh.shape)}
+      # rbg (configs/default.py's prng_impl) on every mesh, threefry on one: each init compiles.
+      impls = keys if shape == (2, 2, 2) else ("rbg",)
+      params = {impl: parallel.init_params_sharded(CFG, keys[impl], mesh) for impl in impls}
+      res["specs"] = spec(params["rbg"])
+      res["init_equal"] = {impl: all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in
+                                     zip(jax.tree.leaves(params[impl]),
+                                         jax.tree.leaves(reference[impl]), strict=True))
+                           for impl in impls}
+      rollout = sampler.generate(params["rbg"], prompts, 2, jax.random.key(1), greedy)
+      res["greedy_equal"] = (np.array_equal(rollout.tokens, ref_rollout.tokens)
+                             and np.array_equal(rollout.lengths, ref_rollout.lengths))
+      res["greedy_logprobs_close"] = close(rollout.logprobs, ref_rollout.logprobs)
+      # The step donates the state, so it comes last.
+      sharded_batch = parallel.shard_batch(batch, mesh)
+      res["batch_spec"] = list(sharded_batch.tokens.sharding.spec)
+      state, metrics = rl_step(train_step.TrainState.create(params["rbg"], tx), sharded_batch)
+      res["loss"] = [float(metrics["loss"]), float(ref_metrics["loss"])]
+      res["grad_norm"] = [float(metrics["grad_norm"]), float(ref_metrics["grad_norm"])]
+      res["step_params_close"] = close(state.params, ref_state.params)
+
+    mesh = parallel.make_mesh(dict(data=2, fsdp=2, tensor=2))
+    errors = {}
+    for name, fn in [("mesh", lambda: parallel.make_mesh(dict(data=3, fsdp=-1, tensor=1))),
+                     ("batch", lambda: parallel.shard_batch(np.zeros((6, 2)), mesh))]:
+      try:
+        fn()
+        errors[name] = None
+      except ValueError as e:
+        errors[name] = str(e)
+    out["errors"] = errors
+    out["replicated_spec"] = list(parallel.replicate(np.zeros((4, 4)), mesh).sharding.spec)
+    out["ref_loss"] = float(ref_metrics["loss"])
+    print("RESULT " + json.dumps(out))
+""") % dict(rtol=RTOL, atol=ATOL, meshes=MESHES)
+
+
+@functools.cache
+def _multi_device_results():
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "")
+                      + " --xla_force_host_platform_device_count=8").strip()
+  env["JAX_PLATFORMS"] = "cpu"
+  proc = subprocess.run([sys.executable, "-c", _SCRIPT], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][-1]
+  return json.loads(line[len("RESULT "):])
+
+
+def _mesh(shape):
+  return _multi_device_results()["meshes"][str(shape)]
+
+
+# Expected specs, written out by hand from the rule table for the 1-layer testbed model
+# (vocab 16, d_model 64, 4 query and 4 KV heads of 16, mlp 256). The leading None of block
+# weights is the scanned `layers` axis.
+def _expected_specs(shape):
+  heads = None if 4 % shape[2] else "tensor"  # 4 heads do not split over tensor=8
+  return {
+      ("embed",): ["tensor", "fsdp"],
+      ("lm_head",): ["fsdp", "tensor"],
+      ("final_norm", "scale"): [None],
+      ("layers", "mlp", "up_proj"): [None, "fsdp", "tensor"],
+      ("layers", "mlp", "down_proj"): [None, "tensor", "fsdp"],
+      ("layers", "attn", "q_proj"): [None, "fsdp", heads, None],
+      ("layers", "attn", "k_proj"): [None, "fsdp", heads, None],
+      ("layers", "attn", "o_proj"): [None, heads, None, "fsdp"],
+      ("layers", "attn_norm", "scale"): [None, None],
+  }
+
+
+def _leaf(tree, path):
+  for key in path:
+    tree = tree[key]
+  return tree
+
+
+@pytest.mark.parametrize("shape", MESHES)
+def test_sharded_init_follows_the_rules_and_matches_unsharded_init(shape):
+  res = _mesh(shape)
+  assert res["mesh"] == dict(zip(parallel.MESH_AXES, shape))
+  for path, expected in _expected_specs(shape).items():
+    assert _leaf(res["specs"], path) == expected, path
+  assert res["init_equal"]["rbg"]
+  if shape == (2, 2, 2):
+    assert res["init_equal"]["threefry2x32"]
+
+
+@pytest.mark.parametrize("shape", MESHES)
+def test_sharded_rl_step_matches_single_device(shape):
+  res = _mesh(shape)
+  assert res["batch_spec"] == [["data", "fsdp"]]
+  sharded_loss, single_loss = res["loss"]
+  assert single_loss != 0.0
+  assert sharded_loss == pytest.approx(single_loss, rel=RTOL, abs=ATOL)
+  sharded_norm, single_norm = res["grad_norm"]
+  assert sharded_norm == pytest.approx(single_norm, rel=RTOL) and single_norm > 0
+  assert res["step_params_close"]
+
+
+@pytest.mark.parametrize("shape", MESHES)
+def test_greedy_sampling_with_sharded_params_matches_unsharded(shape):
+  res = _mesh(shape)
+  assert res["greedy_equal"]
+  assert res["greedy_logprobs_close"]
+
+
+def test_make_mesh_and_shard_batch_reject_sizes_that_do_not_divide():
+  results = _multi_device_results()
+  assert results["num_devices"] == 8
+  assert "mesh.data=3" in results["errors"]["mesh"] and "8 devices" in results["errors"]["mesh"]
+  assert "6 rows" in results["errors"]["batch"]
+  assert results["replicated_spec"] == []
+
+
+def test_mesh_shape_resolves_minus_one_and_rejects_bad_sizes():
+  assert parallel.mesh_shape(parallel.mesh_config(), 8) == (1, 8, 1)
+  assert parallel.mesh_shape(dict(data=2, fsdp=-1, tensor=2), 8) == (2, 2, 2)
+  for bad in (dict(data=3, fsdp=-1, tensor=1), dict(data=2, fsdp=2, tensor=1),
+              dict(data=-1, fsdp=-1, tensor=1), dict(data=0, fsdp=-1, tensor=1)):
+    with pytest.raises(ValueError, match="mesh.data"):
+      parallel.mesh_shape(bad, 8)
+
+
+def test_every_logical_axis_has_a_rule():
+  rules = dict(parallel.LOGICAL_AXIS_RULES)
+  assert len(rules) == len(parallel.LOGICAL_AXIS_RULES)  # one entry per name
+  cfg = model_config.ModelConfig(vocab_size=16, num_layers=1, d_model=8, num_heads=2,
+                                 num_kv_heads=1, head_dim=4, mlp_dim=8, qkv_bias=True,
+                                 qk_norm=True)
+  names = {name for spec in transformer.param_logical_axes(cfg).values()
+           for name in _flatten_names(spec)}
+  names |= set(transformer.CACHE_AXES) | {"batch", "seq"}
+  assert names <= set(rules), names - set(rules)
+
+
+def _flatten_names(tree):
+  if isinstance(tree, P):
+    return [n for n in tree if n is not None]
+  return [n for sub in tree.values() for n in _flatten_names(sub)]
