@@ -33,6 +33,7 @@ _SCRIPT = textwrap.dedent(r"""
     from agpo_jax.models import transformer
     from agpo_jax.models.config import PRESETS
     from agpo_jax.train import step as train_step
+    from tests.rl_batches import random_rl_batch
     import dataclasses
 
     RTOL, ATOL = %(rtol)r, %(atol)r
@@ -44,20 +45,6 @@ _SCRIPT = textwrap.dedent(r"""
       return all(np.allclose(np.asarray(x), np.asarray(y), rtol=RTOL, atol=ATOL)
                  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
 
-    def random_batch(rows=8, prompt=4, completion=6, seed=0):
-      rng = np.random.default_rng(seed)
-      prompt_mask = np.ones((rows, prompt), bool)
-      prompt_mask[::3, :2] = False
-      lengths = rng.integers(1, completion + 1, rows)
-      completion_mask = np.arange(completion)[None, :] < lengths[:, None]
-      input_mask = np.concatenate([prompt_mask, completion_mask], 1)
-      tokens = rng.integers(3, 16, input_mask.shape).astype(np.int32) * input_mask
-      return train_step.RLBatch(
-          tokens=tokens, input_mask=input_mask,
-          positions=np.asarray(transformer.positions_from_mask(input_mask)),
-          completion_mask=completion_mask, advantages=rng.normal(size=rows).astype(np.float32),
-          sampler_logp=np.log(rng.uniform(0.05, 1, (rows, completion))).astype(np.float32))
-
     keys = {impl: jax.random.key(0, impl=impl) for impl in ("threefry2x32", "rbg")}
     reference = {impl: transformer.init_params(CFG, k) for impl, k in keys.items()}
     # Plain SGD, so new params differ exactly by the gradient difference. AdamW's first update
@@ -65,7 +52,7 @@ _SCRIPT = textwrap.dedent(r"""
     # another moves a weight by 2 * lr, which would say nothing about the sharding.
     tx = optax.sgd(1.0)
     rl_step = train_step.make_rl_step(CFG, loss_config(), train_step.rl_config(), 1.0)
-    batch = random_batch()
+    batch = random_rl_batch()
     ref_state, ref_metrics = rl_step(
         train_step.TrainState.create(transformer.init_params(CFG, keys["rbg"]), tx), batch)
     sampler = sampling.Sampler(CFG, pad_id=0)

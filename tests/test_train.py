@@ -23,26 +23,12 @@ from agpo_jax.tokenizers import load_tokenizer
 from agpo_jax.train import step as train_step
 from agpo_jax.train.rl import train_rl
 from agpo_jax.train.sft import train_sft
+from tests.rl_batches import random_rl_batch
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT = str(ROOT / "configs" / "default.py")
 CFG = ModelConfig(vocab_size=16, num_layers=1, d_model=32, num_heads=2, num_kv_heads=1,
                   head_dim=16, mlp_dim=64, max_seq_len=32)
-
-
-def _random_batch(rows=8, prompt=4, completion=6, seed=0):
-  rng = np.random.default_rng(seed)
-  prompt_mask = np.ones((rows, prompt), bool)
-  prompt_mask[::3, :2] = False  # some left padding
-  lengths = rng.integers(1, completion + 1, rows)
-  completion_mask = np.arange(completion)[None, :] < lengths[:, None]
-  input_mask = np.concatenate([prompt_mask, completion_mask], 1)
-  tokens = rng.integers(3, 16, input_mask.shape).astype(np.int32) * input_mask
-  return train_step.RLBatch(
-      tokens=tokens, input_mask=input_mask,
-      positions=np.asarray(transformer.positions_from_mask(input_mask)),
-      completion_mask=completion_mask, advantages=rng.normal(size=rows).astype(np.float32),
-      sampler_logp=np.log(rng.uniform(0.05, 1, (rows, completion))).astype(np.float32))
 
 
 def _train_cfg(**overrides):
@@ -63,7 +49,7 @@ def test_rl_step_equals_microbatched_step(aggregation):
   loss_cfg = loss_config()
   loss_cfg.aggregation = aggregation
   loss_cfg.entropy_coef = 0.01
-  batch = _random_batch()
+  batch = random_rl_batch()
   results = []
   for micro in (1, 4):
     step = train_step.make_rl_step(CFG, loss_cfg, _train_cfg(num_microbatches=micro), 1.0)
@@ -78,7 +64,7 @@ def test_rl_step_equals_microbatched_step(aggregation):
 
 
 def test_minibatches_and_epochs_take_several_updates():
-  batch = _random_batch()
+  batch = random_rl_batch()
   one = train_step.make_rl_step(CFG, loss_config(), _train_cfg(), 1.0)
   many = train_step.make_rl_step(CFG, loss_config(), _train_cfg(num_minibatches=2, epochs=2), 1.0)
   s1, _ = one(_state(), batch)
@@ -89,7 +75,7 @@ def test_minibatches_and_epochs_take_several_updates():
 
 
 def test_non_finite_loss_skips_the_update_and_is_counted():
-  batch = _random_batch()
+  batch = random_rl_batch()
   bad = batch.replace(advantages=np.where(np.arange(8) == 0, np.nan,
                                           batch.advantages).astype(np.float32))
   step = train_step.make_rl_step(CFG, loss_config(), _train_cfg(), 1.0)
