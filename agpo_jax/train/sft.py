@@ -51,6 +51,7 @@ def demonstration_batch(tokenizer: Tokenizer, problems: Sequence[Any], length: i
   """Right-padded `prompt + answer + eos` rows; targets are the answer and eos."""
   tokens = np.full((len(problems), length), tokenizer.pad_id, np.int32)
   targets = np.zeros((len(problems), length), bool)
+  input_mask = np.zeros((len(problems), length), bool)
   for row, problem in enumerate(problems):
     prompt = encode_prompt(tokenizer, problem)
     answer = tokenizer.encode(problem.answer) + [tokenizer.eos_id]
@@ -58,11 +59,9 @@ def demonstration_batch(tokenizer: Tokenizer, problems: Sequence[Any], length: i
     if len(sequence) > length:
       raise ValueError(f"demonstration {problem.id!r} has {len(sequence)} tokens > {length}")
     tokens[row, :len(sequence)] = sequence
+    input_mask[row, :len(sequence)] = True
     targets[row, len(prompt):len(sequence)] = True
-  input_mask = np.zeros_like(targets)
-  for row, problem in enumerate(problems):
-    input_mask[row] = tokens[row] != tokenizer.pad_id
-  positions = np.maximum(np.cumsum(input_mask, axis=1) - 1, 0).astype(np.int32)
+  positions = np.asarray(transformer.positions_from_mask(input_mask))
   return train_step.SFTBatch(tokens=tokens, input_mask=input_mask, positions=positions,
                              target_mask=targets)
 
