@@ -18,9 +18,8 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_dict, config_flags
 
-from agpo_jax import configs, sampling, verifiers
+from agpo_jax import configs, parallel, sampling, verifiers
 from agpo_jax.evaluation.evaluate import evaluate
-from agpo_jax.models import transformer
 from agpo_jax.models.config import resolve_model_config
 from agpo_jax.tasks import make_task
 from agpo_jax.tokenizers import load_tokenizer
@@ -34,10 +33,21 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs
 
 
 def _setup(config: config_dict.ConfigDict):
-  """Tokenizer, model shapes and task named by the config."""
+  """Tokenizer, model shapes, task and device mesh named by the config."""
   tokenizer = load_tokenizer(config.tokenizer)
   model_cfg = resolve_model_config(config.model, tokenizer.vocab_size)
-  return tokenizer, model_cfg, make_task(config.task)
+  task = make_task(config.task)
+  return tokenizer, model_cfg, task, make_mesh(config, model_cfg)
+
+
+def make_mesh(config: config_dict.ConfigDict, model_cfg) -> jax.sharding.Mesh:
+  """The mesh of `config.mesh` over every device of every process, with its memory plan
+  printed (and checked against the devices' memory where they report it)."""
+  mesh = parallel.make_mesh(config.mesh if "mesh" in config else parallel.mesh_config())
+  if jax.process_index() == 0:
+    print(f"mesh {dict(mesh.shape)} over {jax.device_count()} {jax.devices()[0].platform} "
+          f"device(s) in {jax.process_count()} process(es)")
+  return mesh
 
 
 def make_verifier(config: config_dict.ConfigDict):
@@ -69,82 +79,95 @@ def _periodic_evaluator(config, sampler, tokenizer, problems, verifier):
 
 def run_sample(config: config_dict.ConfigDict, workdir: pathlib.Path) -> dict:
   """Draw completions from the configured model and print them with decode throughput."""
-  tokenizer, model_cfg, task = _setup(config)
+  tokenizer, model_cfg, task, mesh = _setup(config)
   rng = jax.random.key(config.seed, impl=config.prng_impl)
-  params, _ = _initial_params(config, workdir, model_cfg, tokenizer, task)
-  sampler = sampling.Sampler(model_cfg, tokenizer.pad_id, config.sampling.min_prompt_bucket)
+  params, _ = _initial_params(config, workdir, model_cfg, tokenizer, task, mesh)
+  sampler = sampling.Sampler(model_cfg, tokenizer.pad_id, config.sampling.min_prompt_bucket,
+                             mesh)
   sp = sampling.sampling_params(config.sampling, tokenizer.stop_ids, tokenizer.vocab_size)
-  prompts = [tokenizer.encode(p, add_bos=True) for p in config.sample.prompts]
+  texts = list(config.sample.prompts)
+  padded, real = parallel.pad_to_multiple(texts, parallel.data_parallel_size(mesh))
+  prompts = [tokenizer.encode(p, add_bos=True)
+             for p in padded[parallel.process_rows(len(padded), mesh)]]
   num = config.sample.num_samples
   rollout = sampler.generate(params, prompts, num, jax.random.fold_in(rng, 1), sp)
-  jax.block_until_ready(rollout)  # first call includes compilation
-  start = time.perf_counter()
-  rollout = jax.block_until_ready(sampler.generate(params, prompts, num,
-                                                   jax.random.fold_in(rng, 2), sp))
+  start = time.perf_counter()  # the first call included compilation
+  rollout = sampler.generate(params, prompts, num, jax.random.fold_in(rng, 2), sp)
   seconds = time.perf_counter() - start
-  tokens = int(np.asarray(rollout.lengths).sum())
-  print(f"model: {model_cfg.num_params:,} parameters, {len(prompts)} prompts "
-        f"x {num} samples, {tokens} tokens in {seconds * 1e3:.1f} ms "
-        f"({tokens / seconds:,.0f} tokens/s)")
-  for row in range(rollout.tokens.shape[0]):
-    prompt = config.sample.prompts[row // num]
-    n = int(rollout.lengths[row])
-    text = tokenizer.decode(np.asarray(rollout.tokens[row, :n]))
-    flag = " [truncated]" if bool(rollout.truncated[row]) else ""
-    print(f"  {prompt!r} -> {text!r}{flag}")
-  return {"tokens_per_second": tokens / seconds, "rollout": rollout}
+  # Every process's rows, padding dropped.
+  out = rollout.replace(**{name: parallel.allgather_rows(getattr(rollout, name))[:real * num]
+                           for name in ("tokens", "logprobs", "lengths", "truncated",
+                                        "prompt_tokens", "prompt_mask")})
+  tokens = int(out.lengths.sum())
+  if jax.process_index() == 0:
+    print(f"model: {model_cfg.num_params:,} parameters, {real} prompts "
+          f"x {num} samples, {tokens} tokens in {seconds * 1e3:.1f} ms "
+          f"({tokens / seconds:,.0f} tokens/s)")
+    for row in range(real * num):
+      n = int(out.lengths[row])
+      text = tokenizer.decode(out.tokens[row, :n])
+      flag = " [truncated]" if bool(out.truncated[row]) else ""
+      print(f"  {texts[row // num]!r} -> {text!r}{flag}")
+  return {"tokens_per_second": tokens / seconds, "rollout": out}
 
 
-def _initial_params(config, workdir, model_cfg, tokenizer, task):
+def _initial_params(config, workdir, model_cfg, tokenizer, task, mesh):
   """The warm start's params when the workdir has one (finished if it was not), else a random
-  init. Returns (params, label)."""
+  init; either way sharded on `mesh`. Returns (params, label)."""
   if (workdir / "sft").exists():
-    return train_sft(config, workdir / "sft", model_cfg, tokenizer, task.split("train")), "sft"
+    return train_sft(config, workdir / "sft", model_cfg, tokenizer, task.split("train"),
+                     mesh=mesh), "sft"
   rng = jax.random.key(config.seed, impl=config.prng_impl)
-  return transformer.init_params(model_cfg, rng), "init"
+  return parallel.init_params_sharded(model_cfg, rng, mesh), "init"
 
 
 def run_sft(config: config_dict.ConfigDict, workdir: pathlib.Path) -> dict:
-  tokenizer, model_cfg, task = _setup(config)
-  params = train_sft(config, workdir / "sft", model_cfg, tokenizer, task.split("train"))
+  tokenizer, model_cfg, task, mesh = _setup(config)
+  params = train_sft(config, workdir / "sft", model_cfg, tokenizer, task.split("train"),
+                     mesh=mesh)
   return {"params": params}
 
 
 def run_rl(config: config_dict.ConfigDict, workdir: pathlib.Path) -> dict:
   """RL from the workdir's warm start if it has one, else from a random init."""
-  tokenizer, model_cfg, task = _setup(config)
-  params, _ = _initial_params(config, workdir, model_cfg, tokenizer, task)
-  sampler = sampling.Sampler(model_cfg, tokenizer.pad_id, config.sampling.min_prompt_bucket)
+  tokenizer, model_cfg, task, mesh = _setup(config)
+  params, _ = _initial_params(config, workdir, model_cfg, tokenizer, task, mesh)
+  sampler = sampling.Sampler(model_cfg, tokenizer.pad_id, config.sampling.min_prompt_bucket,
+                             mesh)
   with make_verifier(config) as verifier:
     periodic = _periodic_evaluator(config, sampler, tokenizer, task.split(config.eval.split),
                                    verifier)
     result = train_rl(config, workdir / "rl", model_cfg, tokenizer, task.split("train"),
-                      verifier, params, periodic)
+                      verifier, params, periodic, mesh)
   return {"params": result.params, "interrupted": result.interrupted}
 
 
 def run_evaluate(config: config_dict.ConfigDict, workdir: pathlib.Path) -> dict:
   """Evaluate the workdir's latest model (RL if present, else SFT) on config.eval.split."""
-  tokenizer, model_cfg, task = _setup(config)
-  params, label = _initial_params(config, workdir, model_cfg, tokenizer, task)
-  trained = restore_rl_params(config, workdir / "rl", model_cfg, params)
+  tokenizer, model_cfg, task, mesh = _setup(config)
+  params, label = _initial_params(config, workdir, model_cfg, tokenizer, task, mesh)
+  trained = restore_rl_params(config, workdir / "rl", model_cfg, params, mesh)
   if trained is not None:
     params, step = trained
     label = f"{config.algo.name}-step{step}"
-  sampler = sampling.Sampler(model_cfg, tokenizer.pad_id, config.sampling.min_prompt_bucket)
+  sampler = sampling.Sampler(model_cfg, tokenizer.pad_id, config.sampling.min_prompt_bucket,
+                             mesh)
   with make_verifier(config) as verifier:
     _, summary = evaluate(config, params, sampler, tokenizer, task.split(config.eval.split),
                           verifier, _counts_path(config, workdir, label), f"eval {label}")
-  print(format_pass_table({label: summary}))
+  if jax.process_index() == 0:
+    print(format_pass_table({label: summary}))
   return {"summary": summary, "label": label}
 
 
 def run_pipeline(config: config_dict.ConfigDict, workdir: pathlib.Path) -> dict:
   """Warm start (cached), evaluate the base, RL, evaluate the trained model, compare."""
-  tokenizer, model_cfg, task = _setup(config)
+  tokenizer, model_cfg, task, mesh = _setup(config)
   started = time.perf_counter()
-  base = train_sft(config, workdir / "sft", model_cfg, tokenizer, task.split("train"))
-  sampler = sampling.Sampler(model_cfg, tokenizer.pad_id, config.sampling.min_prompt_bucket)
+  base = train_sft(config, workdir / "sft", model_cfg, tokenizer, task.split("train"),
+                   mesh=mesh)
+  sampler = sampling.Sampler(model_cfg, tokenizer.pad_id, config.sampling.min_prompt_bucket,
+                             mesh)
   heldout = task.split(config.eval.split)
   summaries = {}
   with make_verifier(config) as verifier:
@@ -154,7 +177,7 @@ def run_pipeline(config: config_dict.ConfigDict, workdir: pathlib.Path) -> dict:
     if config.train.steps:  # train.steps=0: warm start and base evaluation only
       periodic = _periodic_evaluator(config, sampler, tokenizer, heldout, verifier)
       result = train_rl(config, workdir / "rl", model_cfg, tokenizer, task.split("train"),
-                        verifier, base, periodic)
+                        verifier, base, periodic, mesh)
       if result.interrupted:
         return {"interrupted": True}
       params, label = result.params, f"{config.algo.name}-step{result.steps_done}"
@@ -162,6 +185,8 @@ def run_pipeline(config: config_dict.ConfigDict, workdir: pathlib.Path) -> dict:
                                      _counts_path(config, workdir, label), f"eval {label}")
   table = format_pass_table(summaries)
   seconds = time.perf_counter() - started
+  if jax.process_index() != 0:
+    return {"summaries": summaries, "params": params}
   print(f"\npass@k on {len(heldout) if not config.eval.max_problems else config.eval.max_problems}"
         f" held-out problems, n = {config.eval.n}, temperature {config.eval.temperature}, "
         f"top-p {config.eval.top_p} ({seconds:.0f} s this run):\n{table}")
@@ -193,9 +218,12 @@ MODES: dict[str, Callable[[config_dict.ConfigDict, pathlib.Path], dict]] = {
 def run(config: config_dict.ConfigDict, workdir: str | pathlib.Path) -> dict:
   """Run the mode named by `config.mode` in `workdir`; returns its results."""
   mode = configs.require_choice(config, "mode", MODES)
+  if "distributed" in config:  # first: nothing may touch a device before it
+    parallel.initialize_distributed(config.distributed)
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  configs.save_config(config, workdir / "config.json")
+  if jax.process_index() == 0:
+    configs.save_config(config, workdir / "config.json")
   return MODES[mode](config, workdir)
 
 

@@ -17,17 +17,22 @@ shardings, so the train step and the sampler run unchanged on sharded inputs.
 from __future__ import annotations
 
 import functools
+import json
 import math
+import os
 from collections.abc import Sequence
 from typing import Any
 
 import jax
 import numpy as np
+import optax
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 from ml_collections import config_dict
 
 from agpo_jax.models import transformer
 from agpo_jax.models.config import ModelConfig
+from agpo_jax.train import step as train_step
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
@@ -92,9 +97,11 @@ def make_mesh(cfg: Any, devices: Sequence[jax.Device] | None = None) -> Mesh:
                        devices=devices)
 
 
-def logical_sharding(logical_axes: Sequence[str | None], shape: Sequence[int],
-                     mesh: Mesh) -> NamedSharding:
-  """The sharding of an array of `shape` whose dimensions have these logical axis names.
+def logical_spec(logical_axes: Sequence[str | None], shape: Sequence[int],
+                 axis_sizes: dict[str, int]) -> PartitionSpec:
+  """The `PartitionSpec` of an array of `shape` whose dimensions have these logical axis names,
+  on a mesh whose axes have `axis_sizes` (a `Mesh.shape` or a plain dict, so plans for meshes
+  larger than this machine use the same rules).
 
   A dimension whose size is not a multiple of its mesh axes' total size is replicated instead
   (e.g. 2 KV heads on tensor=4): correct, only less memory-efficient, and it lets one rule
@@ -109,21 +116,34 @@ def logical_sharding(logical_axes: Sequence[str | None], shape: Sequence[int],
       raise KeyError(f"logical axis {name!r} has no entry in parallel.LOGICAL_AXIS_RULES")
     target = rules.get(name) if name is not None else None
     axes = (target,) if isinstance(target, str) else tuple(target or ())
-    parts = math.prod(mesh.shape[a] for a in axes)
+    parts = math.prod(axis_sizes[a] for a in axes)
     if not axes or used & set(axes) or size % parts:
       spec.append(None)
     else:
       used.update(axes)
       spec.append(axes[0] if len(axes) == 1 else axes)
-  return NamedSharding(mesh, PartitionSpec(*spec))
+  return PartitionSpec(*spec)
+
+
+def logical_sharding(logical_axes: Sequence[str | None], shape: Sequence[int],
+                     mesh: Mesh) -> NamedSharding:
+  """`logical_spec` on `mesh`, as a `NamedSharding`."""
+  return NamedSharding(mesh, logical_spec(logical_axes, shape, dict(mesh.shape)))
+
+
+def param_specs(model_cfg: ModelConfig, axis_sizes: dict[str, int]) -> Any:
+  """`PartitionSpec` of every parameter (same tree as the params) for a mesh of `axis_sizes`."""
+  logical = transformer.param_logical_axes(model_cfg)
+  shapes = transformer.abstract_params(model_cfg)
+  return jax.tree.map(lambda spec, shape: logical_spec(tuple(spec), shape.shape, axis_sizes),
+                      logical, shapes, is_leaf=lambda x: isinstance(x, PartitionSpec))
 
 
 def param_shardings(model_cfg: ModelConfig, mesh: Mesh) -> Any:
   """`NamedSharding` of every parameter (same tree as the params), from the rule table."""
-  logical = transformer.param_logical_axes(model_cfg)
-  shapes = transformer.abstract_params(model_cfg)
-  return jax.tree.map(lambda spec, shape: logical_sharding(tuple(spec), shape.shape, mesh),
-                      logical, shapes, is_leaf=lambda x: isinstance(x, PartitionSpec))
+  return jax.tree.map(lambda spec: NamedSharding(mesh, spec),
+                      param_specs(model_cfg, dict(mesh.shape)),
+                      is_leaf=lambda x: isinstance(x, PartitionSpec))
 
 
 def init_params_sharded(model_cfg: ModelConfig, rng: jax.Array, mesh: Mesh) -> Any:
@@ -159,3 +179,192 @@ def shard_batch(tree: Any, mesh: Mesh) -> Any:
 def replicate(tree: Any, mesh: Mesh) -> Any:
   """A full copy of every array of `tree` on every device of the mesh."""
   return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
+
+
+# ---------------------------------------------------------------------------------------------
+# Shardings of everything else the jitted functions take and return.
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec())
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Rows over the data-parallel axes; every other dimension whole. A pytree prefix: it
+  shards every leaf of a batch (all of which lead with the row axis)."""
+  return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+
+
+def data_parallel_size(mesh: Mesh) -> int:
+  return math.prod(mesh.shape[a] for a in BATCH_AXES)
+
+
+def cache_shardings(model_cfg: ModelConfig, rows: int, max_len: int, mesh: Mesh) -> Any:
+  """A `KVCache` of shardings: k and v by `transformer.CACHE_AXES` (rows over data x fsdp, KV
+  heads over tensor when they divide), `valid` by rows, the write index replicated."""
+  kv_shape = (model_cfg.num_layers, rows, model_cfg.num_kv_heads, max_len, model_cfg.head_dim)
+  kv = logical_sharding(transformer.CACHE_AXES, kv_shape, mesh)
+  valid = logical_sharding(("batch", "cache_seq"), (rows, max_len), mesh)
+  return transformer.KVCache(k=kv, v=kv, valid=valid, index=replicated(mesh))
+
+
+def train_state_shardings(state: Any, model_cfg: ModelConfig, mesh: Mesh) -> Any:
+  """Shardings of a `TrainState` (concrete or abstract): params by the rules, every optimizer
+  moment like the parameter it belongs to, scalars (steps, counts) replicated.
+
+  `optax.tree_map_params` finds the parameter-shaped parts of any optax state, so this holds
+  for every optimizer `train.step.make_optimizer` can build.
+  """
+  params = param_shardings(model_cfg, mesh)
+  rep = replicated(mesh)
+  opt_state = optax.tree_map_params(
+      state.tx, lambda _, sharding: sharding, state.opt_state, params,
+      transform_non_params=lambda _: rep,
+      is_leaf=lambda x: isinstance(x, NamedSharding))
+  return state.replace(step=rep, params=params, opt_state=opt_state, skipped=rep,
+                       consecutive_skips=rep)
+
+
+def step_shardings(model_cfg: ModelConfig, tx: optax.GradientTransformation,
+                   mesh: Mesh) -> train_step.StepShardings:
+  """Everything `train.step`'s jitted functions need to run with explicit shardings."""
+  abstract = jax.eval_shape(lambda p: train_step.TrainState.create(p, tx),
+                            transformer.abstract_params(model_cfg))
+  return train_step.StepShardings(state=train_state_shardings(abstract, model_cfg, mesh),
+                                  batch=batch_sharding(mesh), replicated=replicated(mesh))
+
+
+# ---------------------------------------------------------------------------------------------
+# Process-local data <-> global arrays. Each process feeds, and reads back, only the rows its
+# own devices hold; with one process these are all the rows.
+
+
+def process_rows(num_rows: int, mesh: Mesh) -> slice:
+  """The rows of a `[num_rows, ...]` batch-sharded array held by this process's devices.
+
+  They form one contiguous block when each process owns whole blocks of the data-parallel
+  axes, as `jax.make_mesh` lays them out; anything else is refused rather than mis-fed.
+  """
+  sharding = batch_sharding(mesh)
+  indices = sharding.addressable_devices_indices_map((num_rows,)).values()
+  starts = {ix[0].start or 0 for ix in indices}
+  stops = {num_rows if ix[0].stop is None else ix[0].stop for ix in indices}
+  start, stop = min(starts), max(stops)
+  per_block = num_rows // data_parallel_size(mesh)
+  if len(starts) * jax.process_count() != data_parallel_size(mesh):
+    raise ValueError(f"mesh {dict(mesh.shape)}: with {jax.process_count()} processes each one "
+                     "must hold its own rows, so data x fsdp must split over the processes "
+                     "(keep tensor parallelism within a host)")
+  if (stop - start) != len(starts) * per_block:
+    raise ValueError(f"process {jax.process_index()}'s devices hold rows that are not one "
+                     f"contiguous block of the {num_rows}-row batch; use a mesh whose "
+                     "data-parallel axes split along process boundaries")
+  return slice(start, stop)
+
+
+def global_rows(local_rows: int, mesh: Mesh) -> int:
+  """The global row count of a batch of which this process holds `local_rows` rows."""
+  coords = {tuple(np.argwhere(mesh.devices == d)[0][:len(BATCH_AXES)])
+            for d in mesh.local_devices}
+  return local_rows * data_parallel_size(mesh) // len(coords)
+
+
+def host_to_global(tree: Any, mesh: Mesh, num_rows: int) -> Any:
+  """This process's rows of every leaf (numpy) -> one batch-sharded global array per leaf.
+
+  `num_rows` is the global row count; each process passes `process_rows(num_rows)` rows.
+  Scalars are replicated (every process must pass the same value).
+  """
+  sharding = batch_sharding(mesh)
+  local = process_rows(num_rows, mesh)
+
+  def put(x):
+    x = np.asarray(x)
+    if x.ndim == 0:
+      return jax.device_put(x, replicated(mesh))
+    if x.shape[0] != local.stop - local.start:
+      raise ValueError(f"process {jax.process_index()} fed {x.shape[0]} rows; it holds rows "
+                       f"{local.start}:{local.stop} of {num_rows}")
+    return jax.make_array_from_process_local_data(sharding, x, (num_rows, *x.shape[1:]))
+
+  return jax.tree.map(put, tree)
+
+
+def global_to_host(tree: Any) -> Any:
+  """Every leaf -> numpy holding this process's rows (all rows of a fully addressable array)."""
+
+  def get(x):
+    if not isinstance(x, jax.Array) or x.is_fully_addressable:
+      return np.asarray(x)
+    blocks = {}
+    for shard in x.addressable_shards:  # replicas along tensor hold the same rows: keep one
+      blocks.setdefault(shard.index[0].start or 0, np.asarray(shard.data))
+    return np.concatenate([blocks[s] for s in sorted(blocks)])
+
+  return jax.tree.map(get, tree)
+
+
+def allgather_rows(x: np.ndarray) -> np.ndarray:
+  """Concatenate every process's rows of `x` in process order (identity with one process)."""
+  if jax.process_count() == 1:
+    return np.asarray(x)
+  return np.asarray(multihost_utils.process_allgather(np.asarray(x), tiled=True))
+
+
+def allgather_objects(obj: Any) -> list[Any]:
+  """Every process's JSON-able `obj`, in process order (as JSON bytes, padded to one length)."""
+  if jax.process_count() == 1:
+    return [obj]
+  data = np.frombuffer(json.dumps(obj).encode(), np.uint8)
+  sizes = multihost_utils.process_allgather(np.asarray([data.size]), tiled=True)
+  padded = np.zeros(int(np.max(sizes)), np.uint8)
+  padded[:data.size] = data
+  gathered = np.asarray(multihost_utils.process_allgather(padded[None], tiled=True))
+  return [json.loads(bytes(row[:size]).decode()) for row, size in zip(gathered, sizes)]
+
+
+def pad_to_multiple(items: Sequence[Any], multiple: int) -> tuple[list[Any], int]:
+  """`items` padded with copies of its last item to a multiple of `multiple`; (padded, real)."""
+  items = list(items)
+  real = len(items)
+  items += [items[-1]] * (-real % multiple)
+  return items, real
+
+
+# ---------------------------------------------------------------------------------------------
+# Multi-host start-up.
+
+
+def distributed_config() -> config_dict.ConfigDict:
+  """The `config.distributed` block. On a TPU VM slice (and under SLURM / Open MPI)
+  `jax.distributed.initialize()` finds everything itself: set `initialize=True` only. Elsewhere
+  give the coordinator (process 0's `host:port`), the process count and this process's id, in
+  the config or in the environment variables JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and
+  JAX_PROCESS_ID (setting JAX_COORDINATOR_ADDRESS alone turns initialisation on)."""
+  return config_dict.ConfigDict(dict(
+      initialize=False,
+      coordinator_address="",
+      num_processes=0,
+      process_id=-1,
+      cpu_collectives="gloo",  # CPU-only clusters (and the tests): cross-process collectives
+  ))
+
+
+def initialize_distributed(cfg: Any, environ: dict[str, str] | None = None) -> bool:
+  """`jax.distributed.initialize` from `config.distributed` or the environment; returns
+  whether it ran. Must run before anything touches a device."""
+  env = os.environ if environ is None else environ
+  address = cfg.coordinator_address or env.get("JAX_COORDINATOR_ADDRESS", "")
+  if not (cfg.initialize or address):
+    return False
+  num_processes = cfg.num_processes or int(env.get("JAX_NUM_PROCESSES", 0)) or None
+  process_id = cfg.process_id if cfg.process_id >= 0 else env.get("JAX_PROCESS_ID")
+  process_id = None if process_id is None else int(process_id)
+  if address and (num_processes is None or process_id is None):
+    raise ValueError("distributed: a coordinator address needs distributed.num_processes and "
+                     "distributed.process_id (or JAX_NUM_PROCESSES and JAX_PROCESS_ID)")
+  if cfg.cpu_collectives:
+    jax.config.update("jax_cpu_collectives_implementation", cfg.cpu_collectives)
+  jax.distributed.initialize(coordinator_address=address or None,
+                             num_processes=num_processes, process_id=process_id)
+  return True

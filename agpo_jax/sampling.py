@@ -24,6 +24,7 @@ import numpy as np
 from flax import struct
 from ml_collections import config_dict
 
+from agpo_jax import parallel
 from agpo_jax.models import transformer
 from agpo_jax.models.config import ModelConfig
 
@@ -232,24 +233,61 @@ class Sampler:
   `generate(params, prompts, num_samples, rng, sampling)` returns a `Rollout` of
   `len(prompts) * num_samples` rows. Callers pass a fresh `rng` per call (the training loop
   folds in the step), so every step draws new samples.
+
+  With a `mesh`, prefill and decode are jitted with explicit shardings: params by the rule
+  table, prompts and every row of the rollout over the data-parallel axes, the KV cache
+  created sharded (rows over data x fsdp, KV heads over tensor). `prompts` are then this
+  process's prompts (all of them with one process), and the rollout comes back as numpy
+  holding this process's rows, in the same order.
   """
 
-  def __init__(self, model_cfg: ModelConfig, pad_id: int, min_prompt_bucket: int = 8):
+  def __init__(self, model_cfg: ModelConfig, pad_id: int, min_prompt_bucket: int = 8,
+               mesh: jax.sharding.Mesh | None = None):
     self.model_cfg = model_cfg
     self.pad_id = pad_id
     self.min_prompt_bucket = min_prompt_bucket
+    self.mesh = mesh
     self._prefill = jax.jit(functools.partial(prefill, model_cfg), static_argnums=(0, 1))
     self._decode = jax.jit(functools.partial(decode, model_cfg), static_argnums=(0, 1),
                            donate_argnums=(3,))
+    self._sharded: dict[tuple, tuple[Any, Any]] = {}
+
+  def _sharded_fns(self, rows: int, num_samples: int, cache_len: int, sampling: SamplingParams):
+    """Prefill and decode jitted with explicit shardings for these static shapes."""
+    key = (rows, num_samples, cache_len, sampling)
+    if key not in self._sharded:
+      mesh, cfg = self.mesh, self.model_cfg
+      params = parallel.param_shardings(cfg, mesh)
+      by_row, rep = parallel.batch_sharding(mesh), parallel.replicated(mesh)
+      cache = parallel.cache_shardings(cfg, rows * num_samples, cache_len, mesh)
+      prefill_fn = jax.jit(functools.partial(prefill, cfg, num_samples, cache_len),
+                           in_shardings=(params, by_row, by_row),
+                           out_shardings=(cache, by_row, by_row))
+      decode_fn = jax.jit(functools.partial(decode, cfg, sampling, self.pad_id),
+                          in_shardings=(params, cache, by_row, by_row, rep),
+                          out_shardings=(by_row, cache), donate_argnums=(1,))
+      self._sharded[key] = (prefill_fn, decode_fn)
+    return self._sharded[key]
 
   def generate(self, params: Any, prompts: Sequence[Sequence[int]], num_samples: int,
                rng: Array, sampling: SamplingParams) -> Rollout:
     if num_samples <= 0:
       raise ValueError(f"num_samples must be positive, got {num_samples}")
-    prompt_len = bucket_length(max(len(p) for p in prompts), self.min_prompt_bucket)
+    longest = max(len(p) for p in prompts)
+    if self.mesh is not None and jax.process_count() > 1:
+      longest = int(np.max(parallel.allgather_rows(np.asarray([longest]))))
+    prompt_len = bucket_length(longest, self.min_prompt_bucket)
     tokens, mask = left_pad(prompts, prompt_len, self.pad_id)
     cache_len = prompt_len + sampling.max_new_tokens
-    cache, logits, prompt_lens = self._prefill(num_samples, cache_len, params, tokens, mask)
-    rollout, _ = self._decode(sampling, self.pad_id, params, cache, logits, prompt_lens, rng)
+    if self.mesh is None:
+      cache, logits, prompt_lens = self._prefill(num_samples, cache_len, params, tokens, mask)
+      rollout, _ = self._decode(sampling, self.pad_id, params, cache, logits, prompt_lens, rng)
+    else:
+      rows = parallel.global_rows(len(prompts), self.mesh)
+      prefill_fn, decode_fn = self._sharded_fns(rows, num_samples, cache_len, sampling)
+      tokens_g, mask_g = parallel.host_to_global((tokens, mask), self.mesh, rows)
+      cache, logits, prompt_lens = prefill_fn(params, tokens_g, mask_g)
+      rollout, _ = decode_fn(params, cache, logits, prompt_lens, rng)
+      rollout = parallel.global_to_host(rollout)
     return rollout.replace(prompt_tokens=np.repeat(tokens, num_samples, axis=0),
                            prompt_mask=np.repeat(mask, num_samples, axis=0))

@@ -11,7 +11,7 @@ a base-vs-trained table. Any field can be overridden for ablations, e.g.
 
 from ml_collections import config_dict
 
-from agpo_jax import verifiers
+from agpo_jax import parallel, verifiers
 from agpo_jax.algorithms import algo_config, loss_config, reward_config
 from agpo_jax.evaluation.evaluate import eval_config
 from agpo_jax.models.config import model_config
@@ -62,6 +62,11 @@ def get_config() -> config_dict.ConfigDict:
   config.eval.temperature = 1.0
   config.eval.top_p = 1.0
   config.eval.batch_prompts = 32
+
+  # Devices: a ('data', 'fsdp', 'tensor') mesh over every device of every process (-1: the
+  # rest), and multi-host start-up (see parallel.distributed_config and launch_tpu.sh).
+  config.mesh = parallel.mesh_config()
+  config.distributed = parallel.distributed_config()
 
   # mode=sample: draw completions for these prompts and report decode throughput.
   config.sample = config_dict.ConfigDict(dict(

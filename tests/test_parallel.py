@@ -25,14 +25,16 @@ RTOL, ATOL = 1e-5, 1e-6  # sharded vs single-device: only reduction order differ
 
 _SCRIPT = textwrap.dedent(r"""
     import json
+    import tempfile
     import jax
     import numpy as np
     import optax
-    from agpo_jax import parallel, sampling
+    from agpo_jax import checkpointing, parallel, sampling
     from agpo_jax.algorithms import loss_config
     from agpo_jax.models import transformer
     from agpo_jax.models.config import PRESETS
     from agpo_jax.train import step as train_step
+    from agpo_jax.train.state_io import restore_state, save_state
     from tests.rl_batches import random_rl_batch
     import dataclasses
 
@@ -51,6 +53,7 @@ _SCRIPT = textwrap.dedent(r"""
     # is about lr * sign(grad): a gradient that is 1e-9 on one device count and -1e-9 on
     # another moves a weight by 2 * lr, which would say nothing about the sharding.
     tx = optax.sgd(1.0)
+    adamw = train_step.make_optimizer(train_step.optim_config(), 10)
     rl_step = train_step.make_rl_step(CFG, loss_config(), train_step.rl_config(), 1.0)
     batch = random_rl_batch()
     ref_state, ref_metrics = rl_step(
@@ -62,6 +65,8 @@ _SCRIPT = textwrap.dedent(r"""
 
     def spec(tree):
       return jax.tree.map(lambda x: list(x.sharding.spec), tree)
+
+    states = {}
 
     for shape in MESHES:
       mesh = parallel.make_mesh(dict(zip(parallel.MESH_AXES, shape)))
@@ -78,13 +83,56 @@ _SCRIPT = textwrap.dedent(r"""
       res["greedy_equal"] = (np.array_equal(rollout.tokens, ref_rollout.tokens)
                              and np.array_equal(rollout.lengths, ref_rollout.lengths))
       res["greedy_logprobs_close"] = close(rollout.logprobs, ref_rollout.logprobs)
-      # The step donates the state, so it comes last.
-      sharded_batch = parallel.shard_batch(batch, mesh)
+      # The KV cache the sharded sampler creates, read off its compiled prefill.
+      prefill_fn, _ = sampling.Sampler(CFG, 0, mesh=mesh)._sharded_fns(
+          8, 2, 14, greedy)
+      res["cache_specs"] = [list(s.spec) for s in jax.tree.leaves(
+          prefill_fn.lower(params["rbg"], jax.ShapeDtypeStruct((8, 8), np.int32),
+                           jax.ShapeDtypeStruct((8, 8), bool)).compile().output_shardings[0])]
+      # The train step jitted with explicit shardings: state created sharded, batch fed as
+      # each process's rows (all of them here), outputs laid out by the rules.
+      shardings = parallel.step_shardings(CFG, tx, mesh)
+      sharded_step = train_step.make_rl_step(CFG, loss_config(), train_step.rl_config(), 1.0,
+                                             shardings)
+      rows = batch.tokens.shape[0]
+      res["process_rows"] = [parallel.process_rows(rows, mesh).start,
+                             parallel.process_rows(rows, mesh).stop]
+      sharded_batch = parallel.host_to_global(batch, mesh, rows)
       res["batch_spec"] = list(sharded_batch.tokens.sharding.spec)
-      state, metrics = rl_step(train_step.TrainState.create(params["rbg"], tx), sharded_batch)
+      res["batch_roundtrip"] = bool(np.array_equal(
+          parallel.global_to_host(sharded_batch.tokens), batch.tokens))
+      state = train_step.create_state(params["rbg"], tx, shardings)
+      state, metrics = sharded_step(state, sharded_batch)
       res["loss"] = [float(metrics["loss"]), float(ref_metrics["loss"])]
       res["grad_norm"] = [float(metrics["grad_norm"]), float(ref_metrics["grad_norm"])]
       res["step_params_close"] = close(state.params, ref_state.params)
+      # AdamW's state created in place: its moments follow their parameters.
+      adam_state = train_step.create_state(params["rbg"], adamw,
+                                           parallel.step_shardings(CFG, adamw, mesh))
+      res["state_specs"] = {"params": spec(state.params), "step": list(state.step.sharding.spec),
+                            "opt_embed": [list(x.sharding.spec) for x in jax.tree.leaves(
+                                adam_state.opt_state)
+                                if x.ndim == 2 and x.shape[0] == CFG.vocab_size]}
+      states[shape] = state
+
+    # A checkpoint written under one mesh, restored under each of the others.
+    with tempfile.TemporaryDirectory() as tmp:
+      with checkpointing.Checkpointer(tmp) as ckpt:
+        save_state(ckpt, states[(1, 8, 1)], {"iterator": [0, 0]})
+      out["restored"] = {}
+      for shape in MESHES:
+        mesh = parallel.make_mesh(dict(zip(parallel.MESH_AXES, shape)))
+        target = train_step.create_state(
+            parallel.init_params_sharded(CFG, jax.random.key(5, impl="rbg"), mesh), tx,
+            parallel.step_shardings(CFG, tx, mesh))
+        with checkpointing.Checkpointer(tmp) as ckpt:
+          restored, _ = restore_state(ckpt, target, {"iterator": [0, 0]})
+        out["restored"][str(shape)] = {
+            "equal": all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(
+                jax.tree.leaves(restored), jax.tree.leaves(states[(1, 8, 1)]), strict=True)),
+            "specs_match": jax.tree.leaves(spec(restored.params)) == jax.tree.leaves(
+                spec(target.params)),
+            "embed_spec": list(restored.params["embed"].sharding.spec)}
 
     mesh = parallel.make_mesh(dict(data=2, fsdp=2, tensor=2))
     errors = {}
@@ -164,6 +212,37 @@ def test_sharded_rl_step_matches_single_device(shape):
   sharded_norm, single_norm = res["grad_norm"]
   assert sharded_norm == pytest.approx(single_norm, rel=RTOL) and single_norm > 0
   assert res["step_params_close"]
+
+
+@pytest.mark.parametrize("shape", MESHES)
+def test_jitted_step_returns_state_laid_out_by_the_rules(shape):
+  res = _mesh(shape)
+  specs = res["state_specs"]
+  for path, expected in _expected_specs(shape).items():
+    assert _leaf(specs["params"], path) == expected, path
+  assert specs["step"] == []  # counters replicated
+  # Adam's two moments of the embedding are sharded exactly like the embedding.
+  assert specs["opt_embed"] == [_expected_specs(shape)[("embed",)]] * 2  # mu, nu
+  assert res["process_rows"] == [0, 8] and res["batch_roundtrip"]
+
+
+@pytest.mark.parametrize("shape", MESHES)
+def test_kv_cache_is_created_sharded(shape):
+  res = _mesh(shape)
+  heads = None if 4 % shape[2] else "tensor"
+  rows = ["data", "fsdp"]
+  assert res["cache_specs"] == [[None, rows, heads, None, None],  # k
+                                [None, rows, heads, None, None],  # v
+                                [rows, None],  # valid
+                                []]  # write index
+
+
+def test_checkpoint_saved_under_one_mesh_restores_under_another():
+  restored = _multi_device_results()["restored"]
+  for shape in MESHES:
+    res = restored[str(shape)]
+    assert res["equal"], shape
+    assert res["specs_match"], shape  # laid out for the restoring mesh, not the saving one
 
 
 @pytest.mark.parametrize("shape", MESHES)

@@ -18,7 +18,7 @@ import numpy as np
 from ml_collections import config_dict
 from tqdm import tqdm
 
-from agpo_jax import sampling
+from agpo_jax import parallel, sampling
 from agpo_jax.evaluation import counts as counts_lib
 from agpo_jax.tasks import encode_prompt
 from agpo_jax.tokenizers import Tokenizer
@@ -59,36 +59,49 @@ def evaluate(config: config_dict.ConfigDict, params: Any, sampler: sampling.Samp
   per_call = min(cfg.samples_per_call, cfg.n)
   rng = jax.random.key(cfg.seed, impl=config.prng_impl)
 
+  # Several processes: process 0 owns the counts file and hands its records to the others, so
+  # that every process agrees on what is left; each process samples and grades its share of
+  # every chunk, and the counts are gathered.
+  primary = jax.process_index() == 0
+  mesh = sampler.mesh
+  dp = 1 if mesh is None else parallel.data_parallel_size(mesh)
   records = {}
-  if counts_path is not None:
+  if counts_path is not None and primary:
     counts_path.parent.mkdir(parents=True, exist_ok=True)
-  if counts_path is not None and counts_path.exists():
+  if counts_path is not None and primary and counts_path.exists():
     records = {r["id"]: r for r in counts_lib.read_counts(counts_path)}
+  if jax.process_count() > 1:
+    records = parallel.allgather_objects(records)[0]
   chunks = [problems[i:i + cfg.batch_prompts] for i in range(0, len(problems),
                                                               cfg.batch_prompts)]
   todo = [i for i, chunk in enumerate(chunks) if any(p.id not in records for p in chunk)]
   started = time.perf_counter()
   bar = tqdm(total=len(problems), initial=len(problems) - sum(len(chunks[i]) for i in todo),
-             desc=label, unit="problem", leave=False, dynamic_ncols=True)
+             desc=label, unit="problem", leave=False, dynamic_ncols=True, disable=not primary)
   for index in todo:
     chunk = chunks[index]
-    prompts = [encode_prompt(tokenizer, p) for p in chunk]
+    # Pad the chunk so that it splits over the data-parallel devices; padding is dropped.
+    padded, real = parallel.pad_to_multiple(chunk, dp)
+    mine = padded[slice(None) if mesh is None else parallel.process_rows(len(padded), mesh)]
+    prompts = [encode_prompt(tokenizer, p) for p in mine]
     chunk_rng = jax.random.fold_in(rng, index)
-    correct = np.zeros((len(chunk), 0), np.int8)
-    answers: list[list[str]] = [[] for _ in chunk]
+    correct = np.zeros((len(mine), 0), np.int8)
+    answers: list[list[str]] = [[] for _ in mine]
     for call in range(cfg.n // per_call):
       rollout = sampler.generate(params, prompts, per_call, jax.random.fold_in(chunk_rng, call),
                                  sp)
       tokens, lengths = np.asarray(rollout.tokens), np.asarray(rollout.lengths)
       texts = [tokenizer.decode(tokens[r, :lengths[r]]) for r in range(len(lengths))]
-      grades = verifier.grade(texts, [p.reference for p in chunk for _ in range(per_call)])
-      solved = np.array([g.status == CORRECT for g in grades]).reshape(len(chunk), per_call)
+      grades = verifier.grade(texts, [p.reference for p in mine for _ in range(per_call)])
+      solved = np.array([g.status == CORRECT for g in grades]).reshape(len(mine), per_call)
       correct = np.concatenate([correct, solved.astype(np.int8)], axis=1)
       for row, grade in enumerate(grades):
         answers[row // per_call].append(grade.answer or None)
+    correct = parallel.allgather_rows(correct)[:real]
+    answers = [a for part in parallel.allgather_objects(answers) for a in part][:real]
     new = [counts_lib.make_record(p.id, correct[i], answers=answers[i])
            for i, p in enumerate(chunk) if p.id not in records]
-    if counts_path is not None:
+    if counts_path is not None and primary:
       counts_lib.append_counts(counts_path, new)
     records.update({r["id"]: r for r in new})
     bar.update(len(chunk))

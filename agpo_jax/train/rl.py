@@ -23,9 +23,10 @@ from typing import Any
 
 import jax
 import numpy as np
+import optax
 from ml_collections import config_dict
 
-from agpo_jax import checkpointing, configs, sampling
+from agpo_jax import checkpointing, configs, parallel, sampling
 from agpo_jax.algorithms import advantages as adv_lib
 from agpo_jax.algorithms import reward_shaping
 from agpo_jax.metrics import MetricsWriter
@@ -95,31 +96,47 @@ def rollout_and_grade(config, sampler, verifier, tokenizer, params, problems, rn
   return rollout, rewards.reshape(len(problems), group), info
 
 
-def _train_state(config, init_params) -> train_step.TrainState:
+def _optimizer(config) -> optax.GradientTransformation:
   updates = config.train.steps * config.train.num_minibatches * config.train.epochs
-  return train_step.TrainState.create(init_params, train_step.make_optimizer(config.optim,
-                                                                             updates))
+  return train_step.make_optimizer(config.optim, updates)
+
+
+def _train_state(config, model_cfg, init_params, mesh=None):
+  """(fresh TrainState, step shardings or None); created sharded on `mesh` when given."""
+  tx = _optimizer(config)
+  shardings = None if mesh is None else parallel.step_shardings(model_cfg, tx, mesh)
+  return train_step.create_state(init_params, tx, shardings), shardings
 
 
 def restore_rl_params(config: config_dict.ConfigDict, workdir: pathlib.Path,
-                      model_cfg: ModelConfig, init_params: Any) -> tuple[Any, int] | None:
-  """(params, step) of the latest RL checkpoint in `workdir`, or None if there is none."""
+                      model_cfg: ModelConfig, init_params: Any,
+                      mesh: jax.sharding.Mesh | None = None) -> tuple[Any, int] | None:
+  """(params, step) of the latest RL checkpoint in `workdir`, or None if there is none.
+
+  Restored straight into the shardings of `mesh` (any mesh, whatever the saving one was)."""
   if not (workdir / "checkpoints").exists():
     return None
   with checkpointing.Checkpointer(workdir / "checkpoints") as ckpt:
     if ckpt.latest_step() is None:
       return None
     rng = jax.random.key(config.seed, impl=config.prng_impl)  # only its structure is used
-    state, _, _ = restore_state(ckpt, _train_state(config, init_params),
+    state, _, _ = restore_state(ckpt, _train_state(config, model_cfg, init_params, mesh)[0],
                                 {"model": model_cfg.checkpoint_signature()}, rng)
   return state.params, int(state.step)
 
 
 def train_rl(config: config_dict.ConfigDict, workdir: pathlib.Path, model_cfg: ModelConfig,
              tokenizer: Tokenizer, problems: Sequence[Any], verifier: Callable,
-             init_params: Any, evaluate_fn: Callable[[Any, int], dict] | None = None
-             ) -> RLResult:
-  """Train `init_params` with the configured algorithm; resumes from `workdir` if possible."""
+             init_params: Any, evaluate_fn: Callable[[Any, int], dict] | None = None,
+             mesh: jax.sharding.Mesh | None = None) -> RLResult:
+  """Train `init_params` with the configured algorithm; resumes from `workdir` if possible.
+
+  With a `mesh` (params already sharded on it), the state is created sharded, sampler and
+  step are jitted with explicit shardings, and under several processes each one samples and
+  verifies its own share of the prompts: rewards (a few numbers per completion) are gathered
+  so that advantages and logged metrics are computed from the whole batch on every process,
+  exactly as on one process, and each process then feeds its own rows to the update.
+  """
   cfg = config.train
   group = config.sampling.num_samples
   batch_rows = cfg.batch_prompts * group
@@ -129,17 +146,28 @@ def train_rl(config: config_dict.ConfigDict, workdir: pathlib.Path, model_cfg: M
                      f"{cfg.num_minibatches} x {cfg.num_microbatches}")
   # An unknown algorithm fails before any work, naming the config key.
   configs.require_choice(config, "algo.name", adv_lib.estimator_names())
+  if config.reward.dynamic_sampling and jax.process_count() > 1:
+    raise configs.ConfigError("reward.dynamic_sampling=True is not supported with more than "
+                              "one process yet (groups would have to move between hosts)")
+  if mesh is not None and cfg.batch_prompts % parallel.data_parallel_size(mesh):
+    raise configs.ConfigError(
+        f"train.batch_prompts={cfg.batch_prompts} must be a multiple of the mesh's "
+        f"data-parallel size (mesh data x fsdp = {parallel.data_parallel_size(mesh)})")
   updates_per_step = cfg.num_minibatches * cfg.epochs
   lr = train_step.learning_rate_schedule(config.optim, cfg.steps * updates_per_step)
-  state = _train_state(config, init_params)
+  state, shardings = _train_state(config, model_cfg, init_params, mesh)
   rng = jax.random.key(config.seed, impl=config.prng_impl)
   iterator = PromptIterator(len(problems), cfg.batch_prompts, seed=config.seed)
   sp = sampling.sampling_params(config.sampling, tokenizer.stop_ids, tokenizer.vocab_size)
-  sampler = sampling.Sampler(model_cfg, tokenizer.pad_id, config.sampling.min_prompt_bucket)
-  rl_step = train_step.make_rl_step(model_cfg, config.loss, cfg, sp.temperature or 1.0)
+  sampler = sampling.Sampler(model_cfg, tokenizer.pad_id, config.sampling.min_prompt_bucket,
+                             mesh)
+  rl_step = train_step.make_rl_step(model_cfg, config.loss, cfg, sp.temperature or 1.0,
+                                    shardings)
   needs_old_logp = updates_per_step > 1
   logprob_fn = train_step.make_logprob_fn(model_cfg, sp.temperature or 1.0,
-                                          cfg.num_microbatches)
+                                          cfg.num_microbatches, shardings)
+  # This process's prompts of each batch (all of them on one process).
+  mine = slice(None) if mesh is None else parallel.process_rows(cfg.batch_prompts, mesh)
   ref_params = init_params if config.loss.kl_coef else None
 
   with checkpointing.Checkpointer(workdir / "checkpoints", max_to_keep=cfg.max_to_keep) as ckpt, \
@@ -151,18 +179,23 @@ def train_rl(config: config_dict.ConfigDict, workdir: pathlib.Path, model_cfg: M
       print(f"resumed from step {int(state.step)} in {workdir}")
     start = int(state.step)
     with MetricsWriter(workdir, cfg.steps, start_step=start, stdout_every=cfg.log_every,
-                       progress_keys=("reward", "accuracy")) as writer:
+                       progress_keys=("reward", "accuracy"),
+                       enabled=jax.process_index() == 0) as writer:
       for step in range(start, cfg.steps):
         step_rng = jax.random.fold_in(rng, step)
-        problems_now = [problems[i] for i in iterator.next_indices()]
+        problems_now = [problems[i] for i in iterator.next_indices()[mine]]
 
-        # Sample and verify; DAPO dynamic sampling draws more batches until enough groups
-        # have reward spread (off by default: AGPO learns from all-wrong groups).
+        # Sample and verify (each process its own prompts); DAPO dynamic sampling draws more
+        # batches until enough groups have reward spread (off by default: AGPO learns from
+        # all-wrong groups).
         rollout, rewards, info = rollout_and_grade(config, sampler, verifier, tokenizer,
                                                    state.params, problems_now, step_rng, sp)
+        local_shape = rewards.shape
+        rewards = parallel.allgather_rows(rewards)
+        lengths = parallel.allgather_rows(np.asarray(rollout.lengths).reshape(local_shape))
+        truncated = parallel.allgather_rows(np.asarray(rollout.truncated).reshape(local_shape))
+        info["verifier"] = _reduce_verifier_stats(parallel.allgather_objects(info["verifier"]))
         raw_accuracy = float(np.mean(rewards >= config.algo.correct_threshold))
-        lengths = np.asarray(rollout.lengths).reshape(rewards.shape)
-        truncated = np.asarray(rollout.truncated).reshape(rewards.shape)
         shaped, keep = reward_shaping.shape_rewards(rewards, lengths, truncated, config.reward,
                                                     sp.max_new_tokens)
         shaped, keep = np.asarray(shaped), np.asarray(keep)
@@ -172,12 +205,20 @@ def train_rl(config: config_dict.ConfigDict, workdir: pathlib.Path, model_cfg: M
               config, sampler, verifier, tokenizer, state, problems, iterator, rollout, shaped,
               keep, step_rng, sp, info)
 
-        # Advantages per group; dropped completions leave the loss entirely.
+        # Advantages from the whole batch (REINFORCE++ whitens over all groups); dropped
+        # completions leave the loss entirely.
         advantages, loss_mask = adv_lib.compute_advantages(shaped, config.algo, valid)
         adv_metrics = adv_lib.advantage_metrics(shaped, advantages, loss_mask, config.algo,
                                                 valid)
         loss_mask = np.asarray(loss_mask) & keep
-        batch = build_batch(rollout, np.asarray(advantages), loss_mask)
+        if config.reward.dynamic_sampling:  # one process: the rollout holds every row
+          batch = build_batch(rollout, np.asarray(advantages), loss_mask)
+        else:
+          batch = build_batch(rollout, np.asarray(advantages)[mine], loss_mask[mine])
+        update_tokens = int(parallel.allgather_rows(np.sum(batch.input_mask, keepdims=True)
+                                                    .reshape(1)).sum())
+        if mesh is not None:
+          batch = parallel.host_to_global(batch, mesh, rewards.size)
         m = batch.completion_mask.shape[1]
         if needs_old_logp:
           batch = batch.replace(old_logp=logprob_fn(state.params, batch.tokens,
@@ -193,7 +234,7 @@ def train_rl(config: config_dict.ConfigDict, workdir: pathlib.Path, model_cfg: M
         info["update_s"] = time.perf_counter() - updated
 
         # Log.
-        generated = int(np.asarray(rollout.lengths).sum())
+        generated = int(lengths.sum())
         metrics.update({f"algo/{k}": float(v) for k, v in adv_metrics.items()})
         metrics.update({f"verifier/{k}": float(v) for k, v in info["verifier"].items()})
         metrics.update(
@@ -204,7 +245,7 @@ def train_rl(config: config_dict.ConfigDict, workdir: pathlib.Path, model_cfg: M
             truncated_fraction=float(np.mean(truncated)),
             sample_s=info["sample_s"], verify_s=info["verify_s"], update_s=info["update_s"],
             sample_tokens_per_s=generated / max(info["sample_s"], 1e-9),
-            update_tokens_per_s=float(np.sum(batch.input_mask)) / max(info["update_s"], 1e-9))
+            update_tokens_per_s=update_tokens / max(info["update_s"], 1e-9))
         if evaluate_fn is not None and cfg.eval_every and (step + 1) % cfg.eval_every == 0:
           metrics.update({f"eval/{k}": v for k, v in evaluate_fn(state.params, step + 1).items()})
         writer.write(step + 1, metrics)
@@ -222,6 +263,20 @@ def train_rl(config: config_dict.ConfigDict, workdir: pathlib.Path, model_cfg: M
               f"or gradient (step {step + 1}); stopping. Lower optim.lr or check the data; "
               f"the last good state is in {workdir / 'checkpoints'}")
   return RLResult(state.params, int(state.step), interrupted=False)
+
+
+def _reduce_verifier_stats(per_process: list[dict]) -> dict:
+  """One process's `grade_stats` for all: counts and items summed, the slowest process's time,
+  the reward averaged over items."""
+  if len(per_process) == 1:
+    return per_process[0]
+  items = sum(p.get("num_items", 0) for p in per_process)
+  out = {k: sum(p.get(k, 0) for p in per_process) for k in per_process[0]}
+  out["seconds"] = max(p.get("seconds", 0.0) for p in per_process)
+  out["items_per_s"] = items / out["seconds"] if out["seconds"] > 0 else 0.0
+  out["mean_reward"] = (sum(p.get("mean_reward", 0.0) * p.get("num_items", 0)
+                            for p in per_process) / items) if items else 0.0
+  return out
 
 
 def _dynamic_sampling(config, sampler, verifier, tokenizer, state, problems, iterator, rollout,

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 from ml_collections import config_dict
 
-from agpo_jax import checkpointing
+from agpo_jax import checkpointing, parallel
 from agpo_jax.metrics import MetricsWriter
 from agpo_jax.models import transformer
 from agpo_jax.models.config import ModelConfig
@@ -67,14 +67,22 @@ def demonstration_batch(tokenizer: Tokenizer, problems: Sequence[Any], length: i
 
 
 def train_sft(config: config_dict.ConfigDict, workdir: pathlib.Path, model_cfg: ModelConfig,
-              tokenizer: Tokenizer, problems: Sequence[Any], params: Any | None = None) -> Any:
-  """Run (or resume, or reuse) the warm start; returns the trained parameters."""
+              tokenizer: Tokenizer, problems: Sequence[Any], params: Any | None = None,
+              mesh: jax.sharding.Mesh | None = None) -> Any:
+  """Run (or resume, or reuse) the warm start; returns the trained parameters.
+
+  With a `mesh`, params and optimizer state live sharded on it, the step is jitted with
+  explicit shardings and each process builds only its own rows of every batch.
+  """
   cfg = config.sft
   rng = jax.random.key(config.seed, impl=config.prng_impl)
-  if params is None:
-    params = transformer.init_params(model_cfg, jax.random.fold_in(rng, 0))
   tx = train_step.make_optimizer(cfg.optim, cfg.steps)
-  state = train_step.TrainState.create(params, tx)
+  shardings = None if mesh is None else parallel.step_shardings(model_cfg, tx, mesh)
+  if params is None:
+    init_rng = jax.random.fold_in(rng, 0)
+    params = (transformer.init_params(model_cfg, init_rng) if mesh is None
+              else parallel.init_params_sharded(model_cfg, init_rng, mesh))
+  state = train_step.create_state(params, tx, shardings)
   iterator = PromptIterator(len(problems), cfg.batch_size, seed=config.seed)
   length = max(len(encode_prompt(tokenizer, p)) + len(tokenizer.encode(p.answer)) + 1
                for p in problems)
@@ -87,16 +95,19 @@ def train_sft(config: config_dict.ConfigDict, workdir: pathlib.Path, model_cfg: 
     start = int(state.step)
     if start >= cfg.steps:
       return state.params
-    update = train_step.make_sft_step(model_cfg, cfg.num_microbatches)
+    update = train_step.make_sft_step(model_cfg, cfg.num_microbatches, shardings)
+    mine = slice(None) if mesh is None else parallel.process_rows(cfg.batch_size, mesh)
     lr = train_step.learning_rate_schedule(cfg.optim, cfg.steps)
     print(f"SFT warm start: {cfg.steps} steps x {cfg.batch_size} demonstrations "
           f"({model_cfg.num_params:,} parameters) in {workdir}")
     with MetricsWriter(workdir, cfg.steps, start_step=start, stdout_every=cfg.log_every,
-                       progress_keys=("loss",)) as writer:
+                       progress_keys=("loss",), enabled=jax.process_index() == 0) as writer:
       for step in range(start, cfg.steps):
         started = time.perf_counter()
-        batch = demonstration_batch(tokenizer, [problems[i] for i in iterator.next_indices()],
-                                    length)
+        indices = iterator.next_indices()[mine]
+        batch = demonstration_batch(tokenizer, [problems[i] for i in indices], length)
+        if mesh is not None:
+          batch = parallel.host_to_global(batch, mesh, cfg.batch_size)
         state, metrics = update(state, batch)
         metrics = jax.device_get(metrics)
         metrics.update(lr=float(lr(step)), step_s=time.perf_counter() - started)

@@ -36,8 +36,11 @@ def save_state(ckpt: checkpointing.Checkpointer, state: TrainState, meta: dict,
 def restore_state(ckpt: checkpointing.Checkpointer, state: TrainState, expected_meta: dict,
                   rng: jax.Array | None = None, step: int | None = None):
   """Restore into the structure of `state` (and `rng`); returns (state, iterator state[, rng])."""
-  abstract = jax.eval_shape(lambda: _arrays(state, rng))
-  restored, meta = ckpt.restore(step, abstract_state=abstract, expected_meta=expected_meta)
+  # The target's own arrays, not `jax.eval_shape` of them: eval_shape drops their shardings,
+  # and orbax would then lay arrays out by the saving mesh's partition specs (wrong, or
+  # uneven, on another mesh). With them, a checkpoint restores onto any mesh.
+  restored, meta = ckpt.restore(step, abstract_state=_arrays(state, rng),
+                                expected_meta=expected_meta)
   state = state.replace(step=restored["step"], params=restored["params"],
                         opt_state=restored["opt_state"], skipped=restored["skipped"],
                         consecutive_skips=restored["consecutive_skips"])

@@ -107,12 +107,53 @@ def _apply_if_finite(state: TrainState, grads: Any, loss: Array) -> tuple[TrainS
 
 
 def _split(tree: Any, parts: int) -> Any:
-  """Leading axis N -> [parts, N / parts] on every leaf."""
+  """Leading axis N -> [parts, N / parts] on every leaf; part k holds rows k, k + parts, ...
+
+  Strided, not contiguous: batch rows are split over the data-parallel devices in contiguous
+  blocks, so a strided part draws rows from every block and each micro-batch (or mini-batch)
+  keeps every device busy. Which rows share a part changes no micro-batched gradient (they are
+  summed) and is one arbitrary partition among others for mini-batches.
+  """
   def split(x):
     if x.shape[0] % parts:
       raise ValueError(f"batch of {x.shape[0]} rows does not split into {parts} parts")
-    return x.reshape(parts, x.shape[0] // parts, *x.shape[1:])
+    return jnp.swapaxes(x.reshape(x.shape[0] // parts, parts, *x.shape[1:]), 0, 1)
   return jax.tree.map(split, tree)
+
+
+def _unsplit(x: Array) -> Array:
+  """Inverse of `_split` for one leaf: [parts, N / parts, ...] -> [N, ...] in row order."""
+  return jnp.swapaxes(x, 0, 1).reshape(-1, *x.shape[2:])
+
+
+class StepShardings(struct.PyTreeNode):
+  """Explicit shardings for the jitted steps (from `parallel.step_shardings`); without them
+  the steps run where their inputs are and the compiler picks output shardings."""
+
+  state: Any  # a TrainState of NamedShardings
+  batch: Any  # a NamedSharding: rows over the data-parallel axes (a prefix of any batch)
+  replicated: Any  # a NamedSharding: metrics and scalars
+
+  @property
+  def params(self) -> Any:
+    return self.state.params
+
+
+def create_state(params: Any, tx: optax.GradientTransformation,
+                 shardings: StepShardings | None = None) -> TrainState:
+  """`TrainState.create`, with the optimizer state created in place on the mesh when
+  `shardings` is given (no device ever holds a whole moment tensor)."""
+  if shardings is None:
+    return TrainState.create(params, tx)
+  return jax.jit(lambda p: TrainState.create(p, tx), in_shardings=(shardings.params,),
+                 out_shardings=shardings.state)(params)
+
+
+def _jit_step(step, shardings: StepShardings | None):
+  if shardings is None:
+    return jax.jit(step, donate_argnums=(0,))
+  return jax.jit(step, in_shardings=(shardings.state, shardings.batch),
+                 out_shardings=(shardings.state, shardings.replicated), donate_argnums=(0,))
 
 
 def accumulate_gradients(loss_fn, params: Any, batch: Any, num_microbatches: int):
@@ -207,7 +248,8 @@ def rl_config() -> config_dict.ConfigDict:
   ))
 
 
-def make_rl_step(model_cfg: ModelConfig, loss_cfg: Any, train_cfg: Any, temperature: float):
+def make_rl_step(model_cfg: ModelConfig, loss_cfg: Any, train_cfg: Any, temperature: float,
+                 shardings: StepShardings | None = None):
   """The jitted RL step `(state, batch) -> (state, metrics)` for one rollout batch."""
   with_entropy = True  # entropy is always logged; it is cheap next to the forward pass
 
@@ -248,10 +290,11 @@ def make_rl_step(model_cfg: ModelConfig, loss_cfg: Any, train_cfg: Any, temperat
                consecutive_skips=state.consecutive_skips)
     return state.replace(step=state.step + 1), out
 
-  return jax.jit(step, donate_argnums=(0,))
+  return _jit_step(step, shardings)
 
 
-def make_logprob_fn(model_cfg: ModelConfig, temperature: float, num_microbatches: int = 1):
+def make_logprob_fn(model_cfg: ModelConfig, temperature: float, num_microbatches: int = 1,
+                    shardings: StepShardings | None = None):
   """Jitted `(params, tokens, input_mask, positions, completion_len) -> logp [N, M]`.
 
   Used for old (pre-update) and reference log-probs; micro-batched like the update so it fits
@@ -264,10 +307,13 @@ def make_logprob_fn(model_cfg: ModelConfig, temperature: float, num_microbatches
     if num_microbatches == 1:
       return one((tokens, input_mask, positions))
     micro = _split((tokens, input_mask, positions), num_microbatches)
-    out = jax.lax.map(one, micro)
-    return out.reshape(-1, *out.shape[2:])
+    return _unsplit(jax.lax.map(one, micro))
 
-  return jax.jit(logprobs, static_argnums=(4,))
+  if shardings is None:
+    return jax.jit(logprobs, static_argnums=(4,))
+  rows = shardings.batch
+  return jax.jit(logprobs, static_argnums=(4,), in_shardings=(shardings.params, rows, rows, rows),
+                 out_shardings=rows)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -293,7 +339,8 @@ def sft_loss(model_cfg: ModelConfig, params: Any, batch: SFTBatch):
   return -jnp.sum(jnp.where(mask, logp, 0.0)), jnp.sum(mask, dtype=jnp.float32)
 
 
-def make_sft_step(model_cfg: ModelConfig, num_microbatches: int = 1):
+def make_sft_step(model_cfg: ModelConfig, num_microbatches: int = 1,
+                  shardings: StepShardings | None = None):
   """The jitted SFT step `(state, batch) -> (state, metrics)`."""
 
   def loss_fn(params, batch):
@@ -307,4 +354,4 @@ def make_sft_step(model_cfg: ModelConfig, num_microbatches: int = 1):
     return state.replace(step=state.step + 1), {"loss": loss, "grad_norm": grad_norm,
                                                 "skipped_total": state.skipped}
 
-  return jax.jit(step, donate_argnums=(0,))
+  return _jit_step(step, shardings)
