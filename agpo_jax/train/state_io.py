@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import numpy as np
 
 from agpo_jax import checkpointing
 from agpo_jax.models.config import ModelConfig
@@ -24,7 +25,9 @@ def _arrays(state: TrainState, rng: jax.Array | None) -> dict:
   arrays = {"step": state.step, "params": state.params, "opt_state": state.opt_state,
             "skipped": state.skipped, "consecutive_skips": state.consecutive_skips}
   if rng is not None:
-    arrays["rng"] = checkpointing.key_to_data(rng)
+    # As numpy: the key is the same on every process, and orbax refuses to save a
+    # single-device (host-local) jax.Array from several processes.
+    arrays["rng"] = np.asarray(checkpointing.key_to_data(rng))
   return arrays
 
 
