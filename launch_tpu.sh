@@ -77,7 +77,8 @@ delete:
 On the workers: code in ~/REMOTE_DIR (files deleted locally stay there), its venv in
 ~/REMOTE_DIR/.venv, logs in ~/REMOTE_DIR/logs/worker-HOSTNAME.log (appended to by every run,
 after a header line), the job's pid in ~/REMOTE_DIR/logs/worker-HOSTNAME.pid.
-Multi-host slices need nothing extra: jax finds its peers from the TPU VM environment.
+The default command adds --config.distributed.initialize=True: on every worker of a slice
+jax.distributed.initialize() finds its peers from the TPU VM environment.
 
 Example:
   $PROG all --name my-v4 --zone us-central2-b --accelerator v4-64 --spot \\
@@ -306,7 +307,10 @@ job_command() {
     # overrides become its positional arguments ("$@" in CMD).
     cmd="bash -c $(quote_cmd "$CUSTOM_COMMAND") bash"
   else
-    cmd="python -m agpo_jax.main $(quote_cmd "--config=$CONFIG" "--workdir=$WORKDIR")"
+    # initialize=True: jax.distributed.initialize() finds its peers (coordinator, process
+    # count and index) from the TPU VM environment; orbax needs it for multi-host checkpoints.
+    cmd="python -m agpo_jax.main $(quote_cmd "--config=$CONFIG" "--workdir=$WORKDIR" \
+      --config.distributed.initialize=True)"
   fi
   if [[ ${#OVERRIDES[@]} -gt 0 ]]; then cmd+=" $(quote_cmd "${OVERRIDES[@]}")"; fi
   printf '%s' "$cmd"

@@ -117,7 +117,7 @@ def test_all_dry_run_prints_create_copy_install_run_in_order(env):
   remote = flag(run, "--command")
   words = shlex.split(remote)
   job = ["python", "-m", "agpo_jax.main", "--config=configs/x.py", "--workdir=runs/exp 1",
-         *OVERRIDES]
+         "--config.distributed.initialize=True", *OVERRIDES]
   i = words.index("python")
   assert words[i:i + len(job)] == job
   assert words[i - 2:i] == ["setsid", "nohup"]
@@ -135,8 +135,8 @@ def test_no_create_uses_existing_tpu(env):
 def test_default_run_command(env):
   (run,) = dry(env, "run", *BASE)
   assert verb(run) == "ssh" and flag(run, "--worker") == "all"
-  assert ("python -m agpo_jax.main --config=configs/default.py --workdir=runs/default >> $log"
-          in flag(run, "--command"))
+  assert ("python -m agpo_jax.main --config=configs/default.py --workdir=runs/default "
+          "--config.distributed.initialize=True >> $log" in flag(run, "--command"))
 
 
 def test_create_reuses_a_ready_tpu_and_creates_a_missing_one(env):
@@ -314,7 +314,7 @@ def test_remote_commands_work_on_a_simulated_worker(env, tmp_path):
     _wait_for(lambda: (home / "job_argv").exists() and "hello" in log.read_text())
     argv = (home / "job_argv").read_text().split("\0")[:-1]
     assert argv == ["-m", "agpo_jax.main", "--config=configs/x.py", "--workdir=runs/default",
-                    *OVERRIDES]
+                    "--config.distributed.initialize=True", *OVERRIDES]
     assert log.read_text().startswith("=== ")
     assert os.getpgid(pid) == pid  # its own process group (setsid), so stop reaches it all
 
