@@ -355,8 +355,8 @@ def initialize_distributed(cfg: Any, environ: dict[str, str] | None = None) -> b
   whether it ran. Must run before anything touches a device."""
   env = os.environ if environ is None else environ
   address = cfg.coordinator_address or env.get("JAX_COORDINATOR_ADDRESS", "")
-  if not (cfg.initialize or address):
-    return False
+  if not (cfg.initialize or address) or jax.distributed.is_initialized():
+    return False  # off, or already up (a second run in the same processes)
   num_processes = cfg.num_processes or int(env.get("JAX_NUM_PROCESSES", 0)) or None
   process_id = cfg.process_id if cfg.process_id >= 0 else env.get("JAX_PROCESS_ID")
   process_id = None if process_id is None else int(process_id)

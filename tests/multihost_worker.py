@@ -2,7 +2,8 @@
 
     python tests/multihost_worker.py WORKDIR OUT_JSON
 
-runs `main.run` in RL mode on a tiny testbed config over a (data 1, fsdp 2, tensor 2) mesh.
+runs `main.run` in RL mode on a tiny testbed config over a (data 1, fsdp 2, tensor 2) mesh,
+then in evaluate mode on the checkpoint it wrote.
 With JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID in the environment it is one
 of several processes (`config.distributed` picks them up); without, a single process. It
 records how many completions this process's verifier graded, and process 0 writes the final
@@ -51,6 +52,11 @@ def main_(workdir: str, out: str) -> None:
   InlineVerifier.__call__ = counting
   result = main.run(tiny_config(), workdir)
   params = multihost_utils.process_allgather(result["params"], tiled=True)
+  # Then evaluate the trained checkpoint: 7 problems (padded to 8 to split over 2 processes).
+  cfg = tiny_config()
+  cfg.mode = "evaluate"
+  cfg.eval.max_problems, cfg.eval.n, cfg.eval.samples_per_call = 7, 4, 4
+  main.run(cfg, workdir)
   record = {"process": jax.process_index(), "processes": jax.process_count(),
             "devices": jax.device_count(), "graded": graded}
   if jax.process_index() == 0:

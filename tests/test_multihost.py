@@ -124,6 +124,18 @@ def _init_params():
           for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
 
 
+def test_two_processes_evaluate_like_one(runs):
+  # Evaluation splits every chunk of problems over the processes and gathers the counts;
+  # process 0 alone writes the counts file.
+  two = sorted((runs / "two" / "eval").glob("*.jsonl"))
+  one = sorted((runs / "one" / "eval").glob("*.jsonl"))
+  assert [p.name for p in two] == [p.name for p in one] and len(two) == 1
+  assert two[0].name.startswith("agpo-step2_")
+  records = [json.loads(line) for line in two[0].read_text().splitlines()]
+  assert len(records) == 7 and all(r["n"] == 4 for r in records)
+  assert two[0].read_text() == one[0].read_text()
+
+
 def test_checkpoint_written_by_two_processes_restores_on_one_device(runs):
   cfg, model_cfg = _setup()
   target = transformer.init_params(model_cfg, jax.random.key(7, impl=cfg.prng_impl))
