@@ -27,6 +27,7 @@ from ml_collections import config_dict
 from agpo_jax import parallel
 from agpo_jax.models import transformer
 from agpo_jax.models.config import ModelConfig
+from agpo_jax.train import step as train_step
 
 Array = jax.Array
 
@@ -260,12 +261,14 @@ class Sampler:
       params = parallel.param_shardings(cfg, mesh)
       by_row, rep = parallel.batch_sharding(mesh), parallel.replicated(mesh)
       cache = parallel.cache_shardings(cfg, rows * num_samples, cache_len, mesh)
-      prefill_fn = jax.jit(functools.partial(prefill, cfg, num_samples, cache_len),
-                           in_shardings=(params, by_row, by_row),
-                           out_shardings=(cache, by_row, by_row))
-      decode_fn = jax.jit(functools.partial(decode, cfg, sampling, self.pad_id),
-                          in_shardings=(params, cache, by_row, by_row, rep),
-                          out_shardings=(by_row, cache), donate_argnums=(1,))
+      prefill_fn = jax.jit(
+          train_step.rows_sharded(functools.partial(prefill, cfg, num_samples, cache_len),
+                                  by_row),
+          in_shardings=(params, by_row, by_row), out_shardings=(cache, by_row, by_row))
+      decode_fn = jax.jit(
+          train_step.rows_sharded(functools.partial(decode, cfg, sampling, self.pad_id), by_row),
+          in_shardings=(params, cache, by_row, by_row, rep), out_shardings=(by_row, cache),
+          donate_argnums=(1,))
       self._sharded[key] = (prefill_fn, decode_fn)
     return self._sharded[key]
 

@@ -115,6 +115,20 @@ _SCRIPT = textwrap.dedent(r"""
                                 if x.ndim == 2 and x.shape[0] == CFG.vocab_size]}
       states[shape] = state
 
+    # Temporary memory of the compiled step, pure data parallelism vs pure FSDP, on a batch
+    # big enough for activations to dominate: FSDP must split rows like data parallelism.
+    big = random_rl_batch(rows=64, prompt=8, completion=24)
+    out["temp_bytes"] = {}
+    for shape in ((8, 1, 1), (1, 8, 1)):
+      mesh = parallel.make_mesh(dict(zip(parallel.MESH_AXES, shape)))
+      shardings = parallel.step_shardings(CFG, tx, mesh)
+      step_fn = train_step.make_rl_step(CFG, loss_config(), train_step.rl_config(), 1.0,
+                                        shardings)
+      state_shape = jax.eval_shape(lambda: train_step.TrainState.create(
+          transformer.init_params(CFG, keys["rbg"]), tx))
+      compiled = step_fn.lower(state_shape, parallel.host_to_global(big, mesh, 64)).compile()
+      out["temp_bytes"][str(shape)] = compiled.memory_analysis().temp_size_in_bytes
+
     # A checkpoint written under one mesh, restored under each of the others.
     with tempfile.TemporaryDirectory() as tmp:
       with checkpointing.Checkpointer(tmp) as ckpt:
@@ -235,6 +249,12 @@ def test_kv_cache_is_created_sharded(shape):
                                 [None, rows, heads, None, None],  # v
                                 [rows, None],  # valid
                                 []]  # write index
+
+
+def test_fsdp_splits_activations_by_rows_like_data_parallelism():
+  temp = _multi_device_results()["temp_bytes"]
+  # Without the activation constraint the FSDP step needed 5.6x the data-parallel one.
+  assert temp[str((1, 8, 1))] <= 1.25 * temp[str((8, 1, 1))], temp
 
 
 def test_checkpoint_saved_under_one_mesh_restores_under_another():

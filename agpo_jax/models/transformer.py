@@ -14,6 +14,8 @@ the same slot at each step, so the cache index is one scalar.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import math
 from typing import Any
@@ -30,6 +32,33 @@ Array = jax.Array
 # Logical axes of the KV cache arrays k and v: [layers, batch, kv_heads, cache_seq, head_dim].
 CACHE_AXES = ("layers", "batch", "kv_heads", "cache_seq", "head_dim")
 _NEG_INF = float(jnp.finfo(jnp.float32).min)  # finite, so fully masked rows stay finite
+
+# Sharding of the hidden states `[B, T, D]` while a sharded function is traced (set by
+# `activation_sharding`; None: no constraint, the compiler decides).
+_ACTIVATION_SHARDING: contextvars.ContextVar = contextvars.ContextVar("activation_sharding",
+                                                                      default=None)
+
+
+@contextlib.contextmanager
+def activation_sharding(sharding: Any):
+  """Within this context, tracing the model pins its hidden states to `sharding` (rows over the
+  data-parallel axes, features whole).
+
+  Without it, XLA lets the residual stream inherit the embedding table's layout (`embed`
+  split over fsdp), so under pure FSDP every device would compute the MLP and logits of all the
+  rows of its group: measured 5.6x the temporary memory of the same step on a data-parallel
+  mesh. Constraining the block inputs and the head's input restores "each device its own rows".
+  """
+  token = _ACTIVATION_SHARDING.set(sharding)
+  try:
+    yield
+  finally:
+    _ACTIVATION_SHARDING.reset(token)
+
+
+def _constrain_rows(x: Array) -> Array:
+  sharding = _ACTIVATION_SHARDING.get()
+  return x if sharding is None else jax.lax.with_sharding_constraint(x, sharding)
 
 
 class KVCache(struct.PyTreeNode):
@@ -195,6 +224,7 @@ class Block(nn.Module):
   @nn.compact
   def __call__(self, x: Array, layer_cache, positions: Array, mask: Array, cache_index):
     cfg = self.cfg
+    x = _constrain_rows(x)
     attn_out, new_cache = Attention(cfg, name="attn")(
         RMSNorm(cfg.rms_eps, cfg.param_dtype, name="attn_norm")(x), positions, mask,
         layer_cache, cache_index)
@@ -263,7 +293,7 @@ class Transformer(nn.Module):
           new_v.append(out_cache[1])
       new_layer_caches = None if cache is None else (jnp.stack(new_k), jnp.stack(new_v))
 
-    x = RMSNorm(cfg.rms_eps, cfg.param_dtype, name="final_norm")(x)
+    x = _constrain_rows(RMSNorm(cfg.rms_eps, cfg.param_dtype, name="final_norm")(x))
     if not cfg.tie_embeddings:
       _param(self, "lm_head", (cfg.d_model, cfg.vocab_size), ("embed", "vocab"),
              _kernel_init(cfg.d_model), cfg.param_dtype)

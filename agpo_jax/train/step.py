@@ -149,10 +149,23 @@ def create_state(params: Any, tx: optax.GradientTransformation,
                  out_shardings=shardings.state)(params)
 
 
+def rows_sharded(fn, row_sharding: Any):
+  """`fn`, traced with the model's hidden states pinned to `row_sharding` (see
+  `transformer.activation_sharding`)."""
+
+  @functools.wraps(fn)
+  def traced(*args):
+    with transformer.activation_sharding(row_sharding):
+      return fn(*args)
+
+  return traced
+
+
 def _jit_step(step, shardings: StepShardings | None):
   if shardings is None:
     return jax.jit(step, donate_argnums=(0,))
-  return jax.jit(step, in_shardings=(shardings.state, shardings.batch),
+  return jax.jit(rows_sharded(step, shardings.batch),
+                 in_shardings=(shardings.state, shardings.batch),
                  out_shardings=(shardings.state, shardings.replicated), donate_argnums=(0,))
 
 
@@ -312,8 +325,8 @@ def make_logprob_fn(model_cfg: ModelConfig, temperature: float, num_microbatches
   if shardings is None:
     return jax.jit(logprobs, static_argnums=(4,))
   rows = shardings.batch
-  return jax.jit(logprobs, static_argnums=(4,), in_shardings=(shardings.params, rows, rows, rows),
-                 out_shardings=rows)
+  return jax.jit(rows_sharded(logprobs, rows), static_argnums=(4,),
+                 in_shardings=(shardings.params, rows, rows, rows), out_shardings=rows)
 
 
 # ---------------------------------------------------------------------------------------------
