@@ -74,6 +74,24 @@ def test_minibatches_and_epochs_take_several_updates():
   assert counts(s1) == {1} and counts(s4) == {4}
 
 
+def test_bfloat16_params_train_with_minibatches_and_keep_their_dtypes():
+  import dataclasses
+  cfg = dataclasses.replace(CFG, param_dtype="bfloat16", dtype="bfloat16")
+  params = transformer.init_params(cfg, jax.random.key(0, impl="rbg"))
+  state = train_step.TrainState.create(
+      params, train_step.make_optimizer(train_step.optim_config(1e-2), 10))
+  before = jax.tree.map(lambda x: x.dtype, state)
+  params = jax.tree.map(lambda x: np.asarray(x, np.float32), params)  # the step donates state
+  step = train_step.make_rl_step(cfg, loss_config(), _train_cfg(num_minibatches=2,
+                                                                num_microbatches=2), 1.0)
+  batch = random_rl_batch()
+  new, metrics = step(state, batch.replace(old_logp=batch.sampler_logp))
+  assert jax.tree.map(lambda x: x.dtype, new) == before  # moments stay bfloat16
+  assert np.isfinite(float(metrics["loss"])) and int(metrics["updates_skipped"]) == 0
+  assert any(not np.array_equal(np.asarray(a, np.float32), b)
+             for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(params)))
+
+
 def test_non_finite_loss_skips_the_update_and_is_counted():
   batch = random_rl_batch()
   bad = batch.replace(advantages=np.where(np.arange(8) == 0, np.nan,

@@ -95,6 +95,10 @@ def _apply_if_finite(state: TrainState, grads: Any, loss: Array) -> tuple[TrainS
   # Zeroed gradients keep NaNs out of the (discarded) update's arithmetic.
   safe_grads = jax.tree.map(lambda g: jnp.where(finite, g, 0.0), grads)
   updates, new_opt_state = state.tx.update(safe_grads, state.opt_state, state.params)
+  # Gradients are float32 (summed over micro-batches); optimizer moments stay in the dtype
+  # they were created in (the parameters'), so the state's types never change under scan.
+  new_opt_state = jax.tree.map(lambda new, old: new.astype(old.dtype), new_opt_state,
+                               state.opt_state)
   new_params = optax.apply_updates(state.params, updates)
   keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
   skip = (~finite).astype(jnp.int32)
