@@ -193,6 +193,9 @@ def sampling_config() -> config_dict.ConfigDict:
       top_p=1.0,
       max_new_tokens=64,
       min_prompt_bucket=8,
+      # Generate calls per rollout batch: each call holds the KV cache of 1/rollout_chunks of
+      # the batch (the memory plan says how many a model and mesh need).
+      rollout_chunks=1,
   ))
 
 
@@ -272,14 +275,20 @@ class Sampler:
       self._sharded[key] = (prefill_fn, decode_fn)
     return self._sharded[key]
 
-  def generate(self, params: Any, prompts: Sequence[Sequence[int]], num_samples: int,
-               rng: Array, sampling: SamplingParams) -> Rollout:
-    if num_samples <= 0:
-      raise ValueError(f"num_samples must be positive, got {num_samples}")
+  def prompt_length(self, prompts: Sequence[Sequence[int]]) -> int:
+    """The padded prompt length `generate` uses for `prompts` (agreed by every process)."""
     longest = max(len(p) for p in prompts)
     if self.mesh is not None and jax.process_count() > 1:
       longest = int(np.max(parallel.allgather_rows(np.asarray([longest]))))
-    prompt_len = bucket_length(longest, self.min_prompt_bucket)
+    return bucket_length(longest, self.min_prompt_bucket)
+
+  def generate(self, params: Any, prompts: Sequence[Sequence[int]], num_samples: int,
+               rng: Array, sampling: SamplingParams, prompt_len: int | None = None) -> Rollout:
+    """`prompt_len` fixes the padded prompt length (default: `prompt_length(prompts)`), so
+    that rollouts of several calls can be concatenated."""
+    if num_samples <= 0:
+      raise ValueError(f"num_samples must be positive, got {num_samples}")
+    prompt_len = self.prompt_length(prompts) if prompt_len is None else prompt_len
     tokens, mask = left_pad(prompts, prompt_len, self.pad_id)
     cache_len = prompt_len + sampling.max_new_tokens
     if self.mesh is None:

@@ -245,3 +245,34 @@ def test_sigterm_saves_a_checkpoint_before_exit(tmp_path):
   assert "SIGTERM: checkpoint saved at step" in out
   saved = [int(p.name) for p in (tmp_path / "rl" / "checkpoints").iterdir() if p.name.isdigit()]
   assert max(saved) >= 3
+
+
+def test_rollout_chunks_give_the_rollout_of_one_call():
+  from agpo_jax import sampling
+  from agpo_jax.train.rl import rollout_and_grade
+  cfg = configs.load_config_file(DEFAULT)
+  cfg.model.num_layers = 1
+  cfg.sampling.num_samples = 3
+  tokenizer = load_tokenizer(cfg.tokenizer)
+  model_cfg = resolve_model_config(cfg.model, tokenizer.vocab_size)
+  params = transformer.init_params(model_cfg, jax.random.key(0, impl="rbg"))
+  problems = make_task(cfg.task).split("train")[:4]
+  sampler = sampling.Sampler(model_cfg, tokenizer.pad_id)
+  greedy = sampling.sampling_params(cfg.sampling, tokenizer.stop_ids, tokenizer.vocab_size,
+                                    temperature=0.0)
+  out = {}
+  with make_verifier(cfg) as verifier:
+    for chunks in (1, 2):
+      cfg.sampling.rollout_chunks = chunks
+      out[chunks] = rollout_and_grade(cfg, sampler, verifier, tokenizer, params, problems,
+                                      jax.random.key(1), greedy)
+    cfg.sampling.rollout_chunks = 3
+    with pytest.raises(configs.ConfigError, match="sampling.rollout_chunks=3"):
+      rollout_and_grade(cfg, sampler, verifier, tokenizer, params, problems, jax.random.key(1),
+                        greedy)
+  (one, rewards_one, _), (two, rewards_two, _) = out[1], out[2]
+  for name in ("tokens", "logprobs", "lengths", "truncated", "prompt_tokens", "prompt_mask"):
+    np.testing.assert_allclose(np.asarray(getattr(one, name), np.float32),
+                               np.asarray(getattr(two, name), np.float32), atol=1e-6)
+  np.testing.assert_array_equal(rewards_one, rewards_two)
+  assert one.tokens.shape == (12, cfg.sampling.max_new_tokens)

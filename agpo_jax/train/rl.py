@@ -87,7 +87,20 @@ def rollout_and_grade(config, sampler, verifier, tokenizer, params, problems, rn
   group = config.sampling.num_samples
   started = time.perf_counter()
   prompts = [encode_prompt(tokenizer, p) for p in problems]
-  rollout = jax.block_until_ready(sampler.generate(params, prompts, group, rng, sp))
+  chunks = config.sampling.get("rollout_chunks", 1)
+  if len(prompts) % chunks:
+    raise configs.ConfigError(
+        f"sampling.rollout_chunks={chunks} must divide the {len(prompts)} prompts each "
+        "process samples per batch")
+  if chunks == 1:
+    rollout = sampler.generate(params, prompts, group, rng, sp)
+  else:  # one padded length for all chunks, so that their rows concatenate
+    size, prompt_len = len(prompts) // chunks, sampler.prompt_length(prompts)
+    parts = [sampler.generate(params, prompts[i * size:(i + 1) * size], group,
+                              jax.random.fold_in(rng, i), sp, prompt_len)
+             for i in range(chunks)]
+    rollout = jax.tree.map(lambda *xs: np.concatenate([np.asarray(x) for x in xs]), *parts)
+  rollout = jax.block_until_ready(rollout)
   sampled = time.perf_counter()
   references = [p.reference for p in problems for _ in range(group)]
   rewards, statuses = verifier(decode_completions(tokenizer, rollout), references)
