@@ -14,14 +14,13 @@ import time
 from collections.abc import Callable
 
 import jax
-import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_dict, config_flags
 
-from agpo_jax import configs, parallel, sampling, verifiers
+from agpo_jax import configs, memory_plan, parallel, sampling, verifiers
 from agpo_jax.evaluation.evaluate import evaluate
 from agpo_jax.models.config import resolve_model_config
-from agpo_jax.tasks import make_task
+from agpo_jax.tasks import encode_prompt, make_task
 from agpo_jax.tokenizers import load_tokenizer
 from agpo_jax.train.rl import restore_rl_params, train_rl
 from agpo_jax.train.sft import train_sft
@@ -33,21 +32,51 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs
 
 
 def _setup(config: config_dict.ConfigDict):
-  """Tokenizer, model shapes, task and device mesh named by the config."""
+  """Tokenizer, model shapes, task and device mesh named by the config; the mesh's memory
+  plan is printed, and a run that cannot fit is refused before any work."""
   tokenizer = load_tokenizer(config.tokenizer)
   model_cfg = resolve_model_config(config.model, tokenizer.vocab_size)
   task = make_task(config.task)
-  return tokenizer, model_cfg, task, make_mesh(config, model_cfg)
-
-
-def make_mesh(config: config_dict.ConfigDict, model_cfg) -> jax.sharding.Mesh:
-  """The mesh of `config.mesh` over every device of every process, with its memory plan
-  printed (and checked against the devices' memory where they report it)."""
   mesh = parallel.make_mesh(config.mesh if "mesh" in config else parallel.mesh_config())
   if jax.process_index() == 0:
     print(f"mesh {dict(mesh.shape)} over {jax.device_count()} {jax.devices()[0].platform} "
           f"device(s) in {jax.process_count()} process(es)")
-  return mesh
+  check_memory(config, mesh, tokenizer, task)
+  return tokenizer, model_cfg, task, mesh
+
+
+def device_memory_bytes() -> int | None:
+  """Memory of one local device as the runtime reports it (GPU / TPU), None on CPU."""
+  stats = jax.local_devices()[0].memory_stats() or {}
+  return stats.get("bytes_limit")
+
+
+def check_memory(config: config_dict.ConfigDict, mesh: jax.sharding.Mesh, tokenizer,
+                 task) -> memory_plan.MemoryPlan:
+  """Print the per-device memory plan of this run; raise `PlanDoesNotFit` (naming every
+  component) when it exceeds the device memory (`config.memory.device_gib`, else what the
+  runtime reports), unless `config.memory.check` is False."""
+  problems = list(task.split("train")) + list(task.split(config.eval.split))
+  prompt_len = sampling.bucket_length(max(len(encode_prompt(tokenizer, p)) for p in problems),
+                                      config.sampling.min_prompt_bucket)
+  rows = config.train.batch_prompts * config.sampling.num_samples
+  sample_rows = rows // config.sampling.get("rollout_chunks", 1)
+  if config.mode in ("pipeline", "evaluate"):  # evaluation calls hold their own caches
+    dp = parallel.data_parallel_size(mesh)
+    eval_prompts = -(-config.eval.batch_prompts // dp) * dp
+    sample_rows = max(sample_rows, eval_prompts * min(config.eval.samples_per_call,
+                                                      config.eval.n))
+  plan = memory_plan.plan_from_config(config, dict(mesh.shape), prompt_len=prompt_len,
+                                      sample_rows=sample_rows,
+                                      tokenizer_vocab_size=tokenizer.vocab_size)
+  memory = config.get("memory", config_dict.ConfigDict(dict(check=True, device_gib=0.0)))
+  device_bytes = (int(memory.device_gib * 2**30) if memory.device_gib > 0
+                  else device_memory_bytes())
+  if jax.process_index() == 0:
+    print(plan.format(device_bytes))
+  if device_bytes and memory.check:
+    memory_plan.check_fits(plan, device_bytes)
+  return plan
 
 
 def make_verifier(config: config_dict.ConfigDict):
@@ -249,7 +278,7 @@ def main(argv: list[str]) -> None:
   workdir = _WORKDIR.value or f"runs/{_CONFIG.value.mode}-{time.strftime('%Y%m%d-%H%M%S')}"
   try:
     run(_CONFIG.value, workdir)
-  except configs.ConfigError as error:
+  except (configs.ConfigError, memory_plan.PlanDoesNotFit) as error:
     print(f"error: {error}", file=sys.stderr)
     sys.exit(2)
 

@@ -67,6 +67,10 @@ def get_config() -> config_dict.ConfigDict:
   # rest), and multi-host start-up (see parallel.distributed_config and launch_tpu.sh).
   config.mesh = parallel.mesh_config()
   config.distributed = parallel.distributed_config()
+  # The per-device memory plan is printed at start-up, and a run that cannot fit in the
+  # devices' memory is refused (check=False: print only). device_gib=0 asks the runtime (GPU,
+  # TPU; the CPU reports none, so nothing is checked there); > 0 declares it.
+  config.memory = config_dict.ConfigDict(dict(check=True, device_gib=0.0))
 
   # mode=sample: draw completions for these prompts and report decode throughput.
   config.sample = config_dict.ConfigDict(dict(

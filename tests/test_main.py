@@ -112,3 +112,22 @@ def test_pipeline_end_to_end_in_process(tmp_path):
   evaluated = main.run(cfg, tmp_path)
   assert evaluated["label"] == "agpo-step2"
   assert trained_counts.read_text() == expected
+
+
+def test_run_that_cannot_fit_is_refused_before_any_work(tmp_path, capsys):
+  from agpo_jax import memory_plan
+  cfg = configs.load_config_file(DEFAULT)
+  cfg.mode = "pipeline"
+  cfg.memory.device_gib = 0.01  # declare a 10 MiB device: the testbed's step needs more
+  with pytest.raises(memory_plan.PlanDoesNotFit, match=r"exceeds the 0\.01 GiB") as error:
+    main.run(cfg, tmp_path)
+  assert "activations" in str(error.value) and "KV cache" in str(error.value)
+  printed = capsys.readouterr().out
+  assert "mesh {'data': 1, 'fsdp': 1, 'tensor': 1}" in printed and "DOES NOT FIT" in printed
+  assert not (tmp_path / "sft").exists()  # refused before the warm start
+  cfg.memory.check = False  # print only
+  cfg.mode = "sft"
+  cfg.sft.steps = 1
+  cfg.sft.batch_size = 8
+  main.run(cfg, tmp_path)
+  assert (tmp_path / "sft").exists()
