@@ -24,27 +24,26 @@ What is exact and what is estimated:
   * activations, working sets and FSDP gathers are estimates: which intermediates XLA keeps is
     its choice. The per-layer terms below were read off XLA's buffer assignment for this
     model's train step and sampler (XLA:CPU, jax 0.10) and the totals are tested against
-    `memory_analysis()` of compiled steps. TPU and GPU compilers fuse more, so they usually
-    keep less; treat the estimates as upper-ish, not exact.
+    `memory_analysis()` of compiled steps, on one device and on 8 fake devices under data
+    parallelism and pure FSDP (the step pins hidden states to rows over data x fsdp, see
+    `transformer.activation_sharding`, so both split rows alike). TPU and GPU compilers fuse
+    more, so they usually keep less; treat the estimates as upper-ish, not exact.
 
 Numbers that matter, all measured on XLA:CPU and described where they are used:
 
   * the prompt pass scores every prompt position against the whole cache (prompt + response
     slots), not just the prompt: its one-layer working set is 4x what it needs at 1k + 3k.
-
-  * the sampler's decode holds two copies of the KV cache, not one: the layer `nn.scan` reads
-    the donated cache as its scanned input and writes a new stacked cache as its output.
+  * the sampler's decode updates the donated cache in place (the layer scan carries the stacked
+    cache and each layer writes its own slot); besides the cache a step holds one layer's keys
+    and values (read out of the stack), the logits' working set and the rollout buffers. When
+    the query heads split over `tensor` and the KV heads do not (e.g. 4 query and 2 KV heads on
+    tensor=4), the partitioner also re-lays-out the cache once per step: one more k-sized stack
+    (measured 0.75x the cache on XLA:CPU, where otherwise 0.3x).
   * with `train.num_microbatches == 2` the step holds two micro-batches of activations: the
     remaining 1-step scan is unrolled and the two independent forward passes overlap.
-  * with an `fsdp` axis > 1 the compiled step today does not split the MLP and the logits over
-    fsdp: sharding propagation takes the residual stream's sharding from the embedding table
-    (`embed` over fsdp), so every fsdp device computes the MLP and the LM head for all of its
-    data-parallel group's rows (on 8 fake devices, mesh fsdp=8: 4.1x the temp bytes of
-    data=8). `fsdp_splits_activations=False` plans that behaviour (within 10% of XLA on the
-    meshes (8,1,1), (1,8,1), (1,2,4), (2,2,2)); the default plans the intended one (rows over
-    data x fsdp, as `LOGICAL_AXIS_RULES` says). A `with_sharding_constraint` of the block input
-    and of the LM head's input to rows over ('data', 'fsdp') gives it: measured, XLA's temp
-    bytes then come within 6% of this default on the same meshes.
+  * `sampling.rollout_chunks` splits each rollout batch into that many generate calls: the
+    sample phase holds the cache of batch / rollout_chunks rows. `min_rollout_chunks` finds the
+    smallest that fits.
 
 TPU names: `v4-N` and `v5p-N` count TensorCores, two per chip, so a v4-64 is 32 chips and a
 v5p-32 is 16 chips (cloud.google.com/tpu/docs/types-topologies, /v4, /v5p); v5e and v6e chips
@@ -57,7 +56,7 @@ import argparse
 import dataclasses
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -111,9 +110,12 @@ class MemoryPlan:
   (one float32 gradient tree, two with micro-batches: the accumulator and the micro-batch's)
   plus `activations`; during the optimizer update `update_temp` (the gradients and the
   update's temporaries: two gradient trees, measured).
-  Sample phase: `kv_cache` (one copy), `decode_extra` (second cache copy, the decode step's
-  working set, rollout buffers), `prefill_working` (one layer of the prompt pass),
-  `prompt_cache` (the cache of the prompts before it is forked G ways), `sample_gather`.
+  Sample phase, per generate call of `sample_rows` rows: `kv_cache` (updated in place),
+  `decode_extra` (the decode step's working set and rollout buffers), `prefill_working` (one
+  layer of the prompt pass), `prompt_cache` (the cache of the prompts before it is forked G
+  ways), `sample_gather`.
+
+  `replan(**changes)` re-plans with some of `plan_memory`'s arguments changed.
   """
 
   model: str
@@ -131,7 +133,6 @@ class MemoryPlan:
   sample_rows: int
   sample_rows_per_device: int
   num_samples: int
-  fsdp_splits_activations: bool
   params: int
   opt_state: int
   ref_params: int
@@ -146,6 +147,23 @@ class MemoryPlan:
   prompt_cache: int
   sample_gather: int
   notes: tuple[str, ...] = ()
+  # plan_memory's arguments, for `replan`.
+  inputs: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False, repr=False)
+
+  def replan(self, **changes) -> "MemoryPlan":
+    """The plan of the same run with some of `plan_memory`'s keyword arguments changed."""
+    if not self.inputs:
+      raise ValueError("this plan does not record its inputs (not made by plan_memory)")
+    kwargs = dict(self.inputs, **changes)
+    return plan_memory(kwargs.pop("model_cfg"), kwargs.pop("axis_sizes"), **kwargs)
+
+  @property
+  def rollout_chunks(self) -> int:
+    """Generate calls per rollout batch this plan's `sample_rows` corresponds to (1 when a
+    call samples the whole batch or more, e.g. evaluation calls)."""
+    if self.sample_rows >= self.rows_per_step or self.rows_per_step % self.sample_rows:
+      return 1
+    return self.rows_per_step // self.sample_rows
 
   @property
   def resident(self) -> int:
@@ -192,8 +210,8 @@ class MemoryPlan:
         ("train: rollout batch arrays", self.train_batch),
         ("train: FSDP-gathered weights", self.train_gather),
         ("= train total", self.train_total),
-        ("sample: KV cache (one copy)", self.kv_cache),
-        ("sample: decode extra (2nd cache copy, logits)", self.decode_extra),
+        ("sample: KV cache (updated in place)", self.kv_cache),
+        ("sample: decode working set (one layer's k/v, logits)", self.decode_extra),
         ("sample: prompt cache before the G-way fork", self.prompt_cache),
         ("sample: prefill working set (one layer)", self.prefill_working),
         ("sample: FSDP-gathered weights", self.sample_gather),
@@ -213,8 +231,8 @@ class MemoryPlan:
         f"({self.micro_rows_per_device}/device), sequence {self.prompt_len} + "
         f"{self.response_len}",
         f"  sample: {self.sample_rows} rows per generate call "
-        f"({self.sample_rows_per_device}/device), cache length "
-        f"{self.prompt_len + self.response_len}",
+        f"({self.sample_rows_per_device}/device; rollout_chunks {self.rollout_chunks}), "
+        f"cache length {self.prompt_len + self.response_len}",
     ]
     width = max(len(label) for label, _ in self.components())
     for label, value in self.components():
@@ -227,16 +245,115 @@ class MemoryPlan:
 
 
 def check_fits(plan: MemoryPlan, device_bytes: int, fraction: float = 1.0) -> MemoryPlan:
-  """Raise `PlanDoesNotFit` unless the plan's peak fits in `fraction` of `device_bytes`."""
+  """Raise `PlanDoesNotFit` unless the plan's peak fits in `fraction` of `device_bytes`.
+
+  The message lists every component and, when more rollout chunks and/or remat would make the
+  plan fit, says which config keys to set (see `suggest`).
+  """
   usable = int(device_bytes * fraction)
   if plan.peak > usable:
     lines = [f"{label}: {value / GiB:.2f} GiB ({value} bytes)"
              for label, value in plan.components()]
+    hint = suggest(plan, usable)
     raise PlanDoesNotFit(
         f"peak {plan.peak / GiB:.2f} GiB per device exceeds the {usable / GiB:.2f} GiB usable "
         f"of {device_bytes / GiB:.2f} GiB ({plan.peak} > {usable} bytes); "
-        f"mesh {plan.mesh}; " + "; ".join(lines))
+        f"mesh {plan.mesh}; " + "; ".join(lines)
+        + (f"; suggestion: {hint}" if hint else
+           "; no rollout_chunks, remat or num_microbatches setting fits: use more devices, "
+           "another mesh, or fewer rows"))
   return plan
+
+
+def rollout_chunk_options(batch_prompts: int, dp: int) -> list[int]:
+  """Valid `sampling.rollout_chunks` for a batch: each generate call must hold a whole number
+  of prompts per data-parallel device, so the divisors of batch_prompts / dp, ascending."""
+  if batch_prompts % dp:
+    raise ValueError(f"{batch_prompts} prompts do not split over the {dp} data-parallel "
+                     "devices (mesh data x fsdp)")
+  per_device = batch_prompts // dp
+  return [c for c in range(1, per_device + 1) if per_device % c == 0]
+
+
+def min_rollout_chunks(plan_for_chunks: Callable[[int], MemoryPlan], batch_prompts: int,
+                       dp: int, device_bytes: int) -> int | None:
+  """Smallest `sampling.rollout_chunks` whose plan (`plan_for_chunks(chunks)`) has its peak
+  within `device_bytes`, among `rollout_chunk_options`; None if none does (e.g. the train
+  phase alone does not fit)."""
+  for chunks in rollout_chunk_options(batch_prompts, dp):
+    if plan_for_chunks(chunks).peak <= device_bytes:
+      return chunks
+  return None
+
+
+def min_rollout_chunks_from_config(config: Any, axis_sizes: dict[str, int], device_bytes: int,
+                                   **kwargs) -> int | None:
+  """`min_rollout_chunks` for a run config; kwargs go to `plan_from_config` (prompt_len,
+  tokenizer_vocab_size)."""
+  plan = plan_from_config(config, axis_sizes, **kwargs)
+  return min_rollout_chunks(lambda c: plan_from_config(config, axis_sizes, rollout_chunks=c,
+                                                       **kwargs),
+                            config.train.batch_prompts, _dp(plan.mesh), device_bytes)
+
+
+def _dp(axis_sizes: dict[str, int]) -> int:
+  return axis_sizes.get("data", 1) * axis_sizes.get("fsdp", 1)
+
+
+def suggest(plan: MemoryPlan, device_bytes: int) -> str | None:
+  """Config settings under which the run fits in `device_bytes`, as command-line flags.
+
+  Tries, in order, and returns the first that fits: more rollout chunks alone (the fewest
+  that fit); remat (if off), with the fewest rollout chunks that then fit; more gradient
+  micro-batches (the fewest that fit), with chunks; remat and micro-batches, with chunks. None
+  if nothing fits, or if the plan does not record its inputs. Only sampling of the rollout
+  batch is chunked: a plan whose `sample_rows` exceeds the rollout batch (an evaluation call)
+  gets no chunk suggestion.
+  """
+  if not plan.inputs or plan.peak <= device_bytes:
+    return None
+  dp = _dp(plan.mesh)
+  try:
+    chunk_options = rollout_chunk_options(plan.rows_per_step // plan.num_samples, dp)
+  except ValueError:
+    chunk_options = [1]
+  current_chunks = plan.rollout_chunks
+  num_micro = plan.rows_per_update // plan.micro_batch_rows
+  micro_options = [m for m in range(num_micro + 1, plan.rows_per_update // dp + 1)
+                   if plan.rows_per_update % m == 0 and (plan.rows_per_update // m) % dp == 0]
+
+  def with_chunks(p: MemoryPlan) -> tuple[MemoryPlan, int | None] | None:
+    """The plan `p` with the fewest rollout chunks (>= the current) that fit, or None."""
+    if p.peak <= device_bytes:
+      return p, None
+    if p.train_total > device_bytes or plan.sample_rows > plan.rows_per_step:
+      return None
+    for chunks in chunk_options:
+      if chunks > current_chunks:
+        chunked = p.replan(sample_rows=plan.rows_per_step // chunks)
+        if chunked.peak <= device_bytes:
+          return chunked, chunks
+    return None
+
+  remats = [False] if plan.remat else [False, True]
+  candidates = ([(remat, None) for remat in remats]
+                + [(remat, micro) for remat in remats for micro in micro_options])
+  for remat, micro in candidates:
+    changes = {}
+    if remat:
+      changes["remat"] = True
+    if micro is not None:
+      changes["micro_batch_rows"] = plan.rows_per_update // micro
+    found = with_chunks(plan.replan(**changes) if changes else plan)
+    if found is None:
+      continue
+    flags = ["--config.model.remat=True"] if remat else []
+    if micro is not None:
+      flags.append(f"--config.train.num_microbatches={micro}")
+    if found[1] is not None:
+      flags.append(f"--config.sampling.rollout_chunks={found[1]}")
+    return " ".join(flags)
+  return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -314,8 +431,7 @@ def _per_device(rows: int, parts: int, what: str) -> int:
   return rows // parts
 
 
-def layer_residuals(cfg: ModelConfig, rows: int, seq: int, tensor: int,
-                    mlp_rows: int | None = None) -> int:
+def layer_residuals(cfg: ModelConfig, rows: int, seq: int, tensor: int) -> int:
   """Bytes one decoder block keeps for its backward pass (no remat), for `rows` local rows.
 
   Read off XLA's buffer assignment of the train step (the scan's stacked residuals):
@@ -327,10 +443,8 @@ def layer_residuals(cfg: ModelConfig, rows: int, seq: int, tensor: int,
                [B, H, T] softmax statistics
     MLP        6 [B, T, mlp] in compute dtype (gate and up projections, sigmoid, silu,
                product, ...)
-  Heads and MLP units are split over `tensor` when they divide. `mlp_rows` (default `rows`)
-  is the row count of the MLP terms, for meshes where the MLP is not split like attention.
+  Heads and MLP units are split over `tensor` when they divide.
   """
-  mlp_rows = rows if mlp_rows is None else mlp_rows
   c = np.dtype(cfg.dtype).itemsize
   d, hd = cfg.d_model, cfg.head_dim
   h = _local(cfg.num_heads, tensor)
@@ -339,12 +453,12 @@ def layer_residuals(cfg: ModelConfig, rows: int, seq: int, tensor: int,
   norms = rows * seq * (d * (4 * _F32 + 2 * c) + 4 * _F32)
   attn = (rows * seq * hd * (2 * h + 2 * kv) * c + rows * h * seq * seq * (_F32 + c)
           + rows * h * seq * 2 * _F32)
-  mlp = 6 * mlp_rows * seq * f * c
+  mlp = 6 * rows * seq * f * c
   return norms + attn + mlp
 
 
 def train_activations(cfg: ModelConfig, rows: int, prompt_len: int, response_len: int,
-                      tensor: int = 1, remat: bool | None = None, mlp_rows: int | None = None,
+                      tensor: int = 1, remat: bool | None = None,
                       layer_weight_bytes: int = 0) -> int:
   """Peak activation bytes of one micro-batch's forward + backward on one device.
 
@@ -360,11 +474,10 @@ def train_activations(cfg: ModelConfig, rows: int, prompt_len: int, response_len
   compute dtype.
   """
   remat = cfg.remat if remat is None else remat
-  mlp_rows = rows if mlp_rows is None else mlp_rows
   seq = prompt_len + response_len
   c = np.dtype(cfg.dtype).itemsize
   p = np.dtype(cfg.param_dtype).itemsize
-  per_layer = layer_residuals(cfg, rows, seq, tensor, mlp_rows)
+  per_layer = layer_residuals(cfg, rows, seq, tensor)
   if remat:
     saved = cfg.num_layers * rows * seq * cfg.d_model * c
   else:
@@ -372,9 +485,9 @@ def train_activations(cfg: ModelConfig, rows: int, prompt_len: int, response_len
     if c < p:
       saved += layer_weight_bytes * c // p
   vocab = _local(cfg.vocab_size, tensor)
-  logits = TRAIN_LOGIT_COPIES * mlp_rows * response_len * vocab * _F32
+  logits = TRAIN_LOGIT_COPIES * rows * response_len * vocab * _F32
   mask = rows * seq * seq  # bool [B, T, T]
-  final = rows * seq * cfg.d_model * (2 * _F32 + c) + mlp_rows * response_len * cfg.d_model * c
+  final = rows * seq * cfg.d_model * (2 * _F32 + c) + rows * response_len * cfg.d_model * c
   return saved + per_layer + logits + mask + final
 
 
@@ -389,38 +502,43 @@ def kv_cache_bytes(cfg: ModelConfig, rows: int, cache_len: int, tensor: int = 1)
 
 
 def prefill_working_set(cfg: ModelConfig, prompts: int, prompt_len: int, cache_len: int,
-                        tensor: int = 1, mlp_prompts: int | None = None) -> int:
-  """One block of the prompt pass (forward only): scores against the whole cache, q/k/v, MLP.
-
-  `mlp_prompts` (default `prompts`): rows of the MLP terms (see `layer_residuals`).
-  """
-  mlp_prompts = prompts if mlp_prompts is None else mlp_prompts
+                        tensor: int = 1) -> int:
+  """One block of the prompt pass (forward only): scores against the whole cache, q/k/v, MLP."""
   c = np.dtype(cfg.dtype).itemsize
   h = _local(cfg.num_heads, tensor)
   kv = _local(cfg.num_kv_heads, tensor)
   f = _local(cfg.mlp_dim, tensor)
   scores = prompts * h * prompt_len * cache_len * (_F32 + c) + prompts * prompt_len * cache_len
   qkv = prompts * prompt_len * cfg.head_dim * (2 * h + 2 * kv) * c
-  mlp = 3 * mlp_prompts * prompt_len * f * c
+  mlp = 3 * prompts * prompt_len * f * c
   stream = prompts * prompt_len * cfg.d_model * (2 * _F32 + 2 * c)
   return scores + qkv + mlp + stream
 
 
 def decode_extra_bytes(cfg: ModelConfig, rows: int, cache_len: int, response_len: int,
                        tensor: int = 1) -> int:
-  """What a decode step holds besides the (donated) cache, on one device.
+  """What a decode step holds besides the donated cache (updated in place), on one device.
 
-  A second full cache (the layer scan's stacked output), one layer's k/v slice and its update,
-  DECODE_LOGIT_COPIES float32 [rows, V], one layer's scores, and the rollout buffers.
+  One layer's k and v read out of the stacked cache, DECODE_LOGIT_COPIES float32 [rows, V],
+  one layer's scores and the rollout buffers. When the query heads split over `tensor` and the
+  KV heads do not, the cache (replicated over tensor) does not match the grouped queries'
+  layout: XLA re-lays it out every step, an all-gather of one whole k or v stack (measured on
+  8 fake devices: temp 0.75x the cache instead of 0.3x; with neither split, no re-layout).
   """
   c = np.dtype(cfg.dtype).itemsize
-  cache = kv_cache_bytes(cfg, rows, cache_len, tensor)
   kv = _local(cfg.num_kv_heads, tensor)
-  layer_slices = 2 * 2 * rows * kv * cache_len * cfg.head_dim * c
+  layer_kv = 2 * rows * kv * cache_len * cfg.head_dim * c
+  relayout = 0
+  if _kv_relayout(cfg, tensor):
+    relayout = cfg.num_layers * layer_kv // 2
   logits = DECODE_LOGIT_COPIES * rows * _local(cfg.vocab_size, tensor) * _F32
   scores = rows * _local(cfg.num_heads, tensor) * cache_len * (_F32 + c)
   buffers = rows * response_len * (4 + 4) + rows * 9  # tokens, log-probs; lengths, done, ...
-  return cache + layer_slices + logits + scores + buffers
+  return layer_kv + relayout + logits + scores + buffers
+
+
+def _kv_relayout(cfg: ModelConfig, tensor: int) -> bool:
+  return tensor > 1 and cfg.num_heads % tensor == 0 and cfg.num_kv_heads % tensor != 0
 
 
 def train_batch_bytes(rows: int, prompt_len: int, response_len: int, old_logp: bool,
@@ -441,7 +559,7 @@ def plan_memory(model_cfg: ModelConfig, axis_sizes: dict[str, int], *, prompt_le
                 micro_batch_rows: int | None = None, sample_rows: int | None = None,
                 num_samples: int = 1, remat: bool | None = None, ref_params: bool = False,
                 old_logp: bool | None = None, min_prompt_bucket: int = 8,
-                fsdp_splits_activations: bool = True, name: str | None = None) -> MemoryPlan:
+                name: str | None = None) -> MemoryPlan:
   """Per-device bytes of a run (see the module docstring).
 
   Args:
@@ -452,17 +570,20 @@ def plan_memory(model_cfg: ModelConfig, axis_sizes: dict[str, int], *, prompt_le
     rows_per_step: rollout rows per step (`train.batch_prompts * sampling.num_samples`).
     rows_per_update: rows per optimizer update (rows_per_step / train.num_minibatches).
     micro_batch_rows: rows per gradient-accumulation slice (global, over all devices).
-    sample_rows: rows of one `Sampler.generate` call (default rows_per_step: the loop samples
-      the whole batch at once).
+    sample_rows: rows of one `Sampler.generate` call (default rows_per_step: the whole rollout
+      batch in one call; rows_per_step / sampling.rollout_chunks with chunks).
     num_samples: G; the prompt pass runs on sample_rows / G prompts.
     remat: default `model_cfg.remat`.
     ref_params: a reference model is kept (loss.kl_coef > 0).
     old_logp: the batch carries old log-probs (more than one update per step); default: when
       rows_per_update < rows_per_step.
-    fsdp_splits_activations: plan activations with rows split over data x fsdp (the rule
-      table's intent). False plans today's compiled step, whose MLP and logits are split over
-      `data` only (see the module docstring).
   """
+  inputs = dict(model_cfg=model_cfg, axis_sizes=dict(axis_sizes), prompt_len=prompt_len,
+                response_len=response_len, rows_per_step=rows_per_step,
+                rows_per_update=rows_per_update, micro_batch_rows=micro_batch_rows,
+                sample_rows=sample_rows, num_samples=num_samples, remat=remat,
+                ref_params=ref_params, old_logp=old_logp, min_prompt_bucket=min_prompt_bucket,
+                name=name)
   axis_sizes = {a: int(axis_sizes.get(a, 1)) for a in parallel.MESH_AXES}
   if any(v <= 0 for v in axis_sizes.values()):
     raise ValueError(f"mesh axis sizes must be positive, got {axis_sizes}")
@@ -487,46 +608,43 @@ def plan_memory(model_cfg: ModelConfig, axis_sizes: dict[str, int], *, prompt_le
   params = pb.shard
   opt_state = 2 * params + 2 * 4  # optax.adamw: mu and nu in the param dtype; 2 int32 counts
   # `accumulate_gradients` divides by a float32 denominator: gradients are float32 whatever
-  # the parameter dtype (and so, today, are the AdamW moments after the first update).
+  # the parameter dtype; the AdamW moments stay in the parameter dtype (`_apply_if_finite`).
   grad_tree = pb.shard_elements * _F32
   grads = grad_tree * (2 if num_micro > 1 else 1)
   step_rows = _per_device(rows_per_step, dp, "rollout batch")
   micro_rows = _per_device(micro_batch_rows, dp, "micro-batch")
   n = _per_device(sample_rows, dp, "sampled rows")
   prompts = -(-(sample_rows // num_samples) // dp)
-  mlp_rows, mlp_prompts = micro_rows, prompts
-  if axis_sizes["fsdp"] > 1 and not fsdp_splits_activations:
-    mlp_rows = micro_batch_rows // axis_sizes["data"]
-    mlp_prompts = -(-(sample_rows // num_samples) // axis_sizes["data"])
-    notes.append("MLP and logits planned for all rows of a data-parallel group (today's "
-                 "compiled step under fsdp > 1)")
   activations = train_activations(model_cfg, micro_rows, prompt, response_len, tensor, remat,
-                                  mlp_rows, pb.layer_shard)
+                                  pb.layer_shard)
   if num_micro == 2:
     activations *= 2
     notes.append("num_microbatches = 2: the two micro-batches' activations overlap "
                  "(measured on XLA:CPU); 1 or >= 3 micro-batches avoid it")
   gather = pb.gather_unit if axis_sizes["fsdp"] > 1 else 0
-  if model_cfg.param_dtype != "float32":
-    notes.append(f"param_dtype {model_cfg.param_dtype}: the RL step fails today (float32 "
-                 "gradients turn the AdamW moments float32 inside the update scan)")
+  if tensor > 1 and model_cfg.num_kv_heads % tensor:
+    notes.append(f"{model_cfg.num_kv_heads} KV heads do not split over tensor={tensor}: every "
+                 "tensor device holds the whole cache of its rows"
+                 + (" and decode re-lays it out every step (the query heads do split)"
+                    if _kv_relayout(model_cfg, tensor) else ""))
+  if tensor > 1 and model_cfg.num_heads % tensor:
+    notes.append(f"{model_cfg.num_heads} query heads do not split over tensor={tensor}: "
+                 "attention is not split over tensor")
   plan = MemoryPlan(
       model=name or _model_name(model_cfg), axis_sizes=tuple(axis_sizes.items()),
       num_params=pb.num_params, param_dtype=model_cfg.param_dtype, dtype=model_cfg.dtype,
       remat=remat, prompt_len=prompt, response_len=response_len, rows_per_step=rows_per_step,
       rows_per_update=rows_per_update, micro_batch_rows=micro_batch_rows,
       micro_rows_per_device=micro_rows, sample_rows=sample_rows, sample_rows_per_device=n,
-      num_samples=num_samples, fsdp_splits_activations=fsdp_splits_activations,
-      params=params, opt_state=opt_state, ref_params=params if ref_params else 0, grads=grads,
-      update_temp=2 * grad_tree,
+      num_samples=num_samples, params=params, opt_state=opt_state,
+      ref_params=params if ref_params else 0, grads=grads, update_temp=2 * grad_tree,
       train_batch=train_batch_bytes(step_rows, prompt, response_len, old_logp, ref_params),
       activations=activations, train_gather=2 * gather,
       kv_cache=kv_cache_bytes(model_cfg, n, cache_len, tensor),
       decode_extra=decode_extra_bytes(model_cfg, n, cache_len, response_len, tensor),
-      prefill_working=prefill_working_set(model_cfg, prompts, prompt, cache_len, tensor,
-                                          mlp_prompts),
+      prefill_working=prefill_working_set(model_cfg, prompts, prompt, cache_len, tensor),
       prompt_cache=kv_cache_bytes(model_cfg, prompts, cache_len, tensor),
-      sample_gather=gather, notes=tuple(notes))
+      sample_gather=gather, notes=tuple(notes), inputs=inputs)
   return plan
 
 
@@ -540,15 +658,19 @@ def _model_name(cfg: ModelConfig) -> str:
 
 def plan_from_config(config: Any, axis_sizes: dict[str, int], *, prompt_len: int | None = None,
                      sample_rows: int | None = None, tokenizer_vocab_size: int | None = None,
-                     fsdp_splits_activations: bool = True) -> MemoryPlan:
+                     rollout_chunks: int | None = None) -> MemoryPlan:
   """The plan of a run config (an `ml_collections` config as `configs/*.py` return).
 
   Reads: config.model (via `resolve_model_config`; its `remat`, `param_dtype`, `dtype`),
   config.train.batch_prompts / num_minibatches / num_microbatches / epochs,
-  config.sampling.num_samples / max_new_tokens / min_prompt_bucket, config.loss.kl_coef, and
-  the prompt length from `prompt_len`, else config.sampling.max_prompt_len if the config has
-  it, else the longest prompt the model's context leaves (`model.max_seq_len -
-  max_new_tokens`). `axis_sizes` may hold a -1 only if it also holds "devices" (the count).
+  config.sampling.num_samples / max_new_tokens / min_prompt_bucket / rollout_chunks (default
+  1), config.loss.kl_coef, and the prompt length from `prompt_len`, else
+  config.sampling.max_prompt_len if the config has it, else the longest prompt the model's
+  context leaves (`model.max_seq_len - max_new_tokens`). `axis_sizes` may hold a -1 only if
+  it also holds "devices" (the count).
+
+  A generate call samples `batch_prompts * num_samples / rollout_chunks` rows, unless
+  `sample_rows` is given; `rollout_chunks` overrides the config's.
   """
   model_cfg = resolve_model_config(config.model, tokenizer_vocab_size)
   train, samp = config.train, config.sampling
@@ -567,6 +689,13 @@ def plan_from_config(config: Any, axis_sizes: dict[str, int], *, prompt_len: int
     axis_sizes = dict(zip(parallel.MESH_AXES, parallel.mesh_shape(axis_sizes, devices)))
   rows_per_step = train.batch_prompts * samp.num_samples
   rows_per_update = rows_per_step // train.num_minibatches
+  if rollout_chunks is None:
+    rollout_chunks = samp.get("rollout_chunks", 1) if hasattr(samp, "get") else 1
+  if sample_rows is None:
+    if rollout_chunks <= 0 or train.batch_prompts % rollout_chunks:
+      raise ValueError(f"sampling.rollout_chunks={rollout_chunks} must divide "
+                       f"train.batch_prompts={train.batch_prompts}")
+    sample_rows = rows_per_step // rollout_chunks
   kl = bool(config.get("loss", {}).get("kl_coef", 0.0)) if hasattr(config, "get") else False
   epochs = train.get("epochs", 1) if hasattr(train, "get") else 1
   return plan_memory(
@@ -576,7 +705,6 @@ def plan_from_config(config: Any, axis_sizes: dict[str, int], *, prompt_len: int
       num_samples=samp.num_samples, ref_params=kl,
       old_logp=train.num_minibatches * epochs > 1,
       min_prompt_bucket=samp.get("min_prompt_bucket", 8) if hasattr(samp, "get") else 8,
-      fsdp_splits_activations=fsdp_splits_activations,
       name=config.model.preset if "preset" in config.model else None)
 
 
@@ -634,20 +762,6 @@ def parse_mesh(text: str, chips: int) -> dict[str, int]:
   return dict(zip(parallel.MESH_AXES, parallel.mesh_shape(sizes, chips)))
 
 
-def largest_sample_rows(plan_fn, batch_prompts: int, num_samples: int, dp: int,
-                        device_bytes: int) -> int:
-  """Most rows one generate call can sample without the sample phase exceeding the device."""
-  best = 0
-  for prompts in range(1, batch_prompts + 1):
-    rows = prompts * num_samples
-    if rows % dp:
-      continue
-    if plan_fn(rows).sample_total > device_bytes:
-      break
-    best = rows
-  return best
-
-
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(
       prog="python -m agpo_jax.memory_plan",
@@ -670,6 +784,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                       help="rows per device per micro-batch (sets num_microbatches)")
   parser.add_argument("--remat", choices=("on", "off", "both"), default="both")
   parser.add_argument("--kl", action="store_true", help="keep reference params (KL term)")
+  parser.add_argument("--rollout-chunks", type=int, default=0,
+                      help="sampling.rollout_chunks to plan (default: the smallest that fits)")
+  parser.add_argument("--device-gib", type=float, default=0.0,
+                      help="usable GiB per chip (default: the device's nominal HBM; on GPUs JAX "
+                           "preallocates 75%% unless XLA_PYTHON_CLIENT_MEM_FRACTION is set)")
   parser.add_argument("--verbose", action="store_true", help="print every plan's table")
   args = parser.parse_args(argv)
 
@@ -682,17 +801,17 @@ def main(argv: Sequence[str] | None = None) -> int:
   rows_per_step = args.batch_prompts * args.num_samples
   rows_per_update = rows_per_step // args.num_minibatches
   remats = {"on": [True], "off": [False], "both": [True, False]}[args.remat]
-  cap = device.bytes_per_chip
+  cap = int(args.device_gib * GiB) if args.device_gib > 0 else device.bytes_per_chip
   print(f"{args.preset}, {device}; {args.batch_prompts} prompts x {args.num_samples} samples "
         f"= {rows_per_step} rows/step, {rows_per_update} rows/update, "
         f"{args.micro_rows_per_device} row(s)/device per micro-batch; prompt {args.prompt_len} "
         f"+ response {args.response_len}; params {model_cfg.param_dtype}, compute "
         f"{model_cfg.dtype}")
-  print("GiB per device. train = rows split over data x fsdp (the rule table's intent); "
-        "train-today = as the step compiles now (MLP and logits not split over fsdp). "
-        "sample = one generate call for the whole rollout batch.")
-  print(f"{'mesh':<20}{'remat':<6}{'micro':>6}{'resident':>9}{'train':>8}{'t-today':>8}"
-        f"{'sample':>8}  verdict on {cap / GiB:.0f} GiB")
+  print("GiB per device. sample@1 = the whole rollout batch in one generate call; chunks = "
+        "the smallest sampling.rollout_chunks that fits (or the one given), sample@chunks its "
+        "sample phase, peak the larger phase.")
+  print(f"{'mesh':<20}{'remat':<6}{'micro':>6}{'resident':>9}{'train':>8}{'sample@1':>9}"
+        f"{'chunks':>7}{'sample@chunks':>14}{'peak':>8}  verdict on {cap / GiB:.4g} GiB")
   for mesh_text in meshes:
     try:
       axis_sizes = parse_mesh(mesh_text, device.chips)
@@ -703,35 +822,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     micro_rows = min(args.micro_rows_per_device * dp, rows_per_update)
     label = " ".join(f"{k}={v}" for k, v in axis_sizes.items() if v > 1) or "1 device"
     for remat in remats:
-      def plan_fn(sample_rows, split=True, remat=remat):
+      def plan_for(chunks, remat=remat):
         return plan_memory(
             model_cfg, axis_sizes, prompt_len=args.prompt_len, response_len=args.response_len,
             rows_per_step=rows_per_step, rows_per_update=rows_per_update,
-            micro_batch_rows=micro_rows, sample_rows=sample_rows, num_samples=args.num_samples,
-            remat=remat, ref_params=args.kl, fsdp_splits_activations=split, name=args.preset)
+            micro_batch_rows=micro_rows, sample_rows=rows_per_step // chunks,
+            num_samples=args.num_samples, remat=remat, ref_params=args.kl, name=args.preset)
       try:
-        plan, today = plan_fn(rows_per_step), plan_fn(rows_per_step, split=False)
+        whole = plan_for(1)
+        if args.rollout_chunks:
+          chunks = args.rollout_chunks
+          plan = plan_for(chunks)
+        else:
+          chunks = min_rollout_chunks(plan_for, args.batch_prompts, dp, cap)
+          plan = plan_for(chunks if chunks else rollout_chunk_options(args.batch_prompts,
+                                                                      dp)[-1])
       except ValueError as e:
         print(f"{label:<20}{'on' if remat else 'off':<6}skipped: {e}")
         continue
-      parts = []
-      for what, total in (("train", plan.train_total), ("train-today", today.train_total)):
-        parts.append(f"{what} {'fits' if total <= cap else 'NO'}")
-      if plan.sample_total <= cap:
-        parts.append("sample fits")
+      if plan.peak <= cap:
+        verdict = f"fits with rollout_chunks={plan.rollout_chunks}"
+      elif plan.train_total > cap:
+        verdict = "DOES NOT FIT: the train phase alone exceeds the device"
       else:
-        chunk = largest_sample_rows(plan_fn, args.batch_prompts, args.num_samples, dp, cap)
-        parts.append(f"sample NO: fits in generate calls of <= {chunk} rows" if chunk
-                     else "sample NO even at one prompt per call")
-      g = lambda b: f"{b / GiB:8.1f}"  # noqa: E731
+        verdict = (f"DOES NOT FIT even at rollout_chunks={plan.rollout_chunks} "
+                   f"({plan.sample_rows_per_device} row(s)/device per call)")
+      g = lambda b: f"{b / GiB:.2f}"  # noqa: E731
       print(f"{label:<20}{'on' if remat else 'off':<6}"
-            f"{rows_per_update // plan.micro_batch_rows:>6}{g(plan.resident)[0:]:>9}"
-            f"{g(plan.train_total)}{g(today.train_total)}{g(plan.sample_total)}  "
-            + ", ".join(parts))
+            f"{rows_per_update // plan.micro_batch_rows:>6}{g(plan.resident):>9}"
+            f"{g(plan.train_total):>8}{g(whole.sample_total):>9}"
+            f"{(chunks or '-')!s:>7}{g(plan.sample_total):>14}{g(plan.peak):>8}  {verdict}")
       if args.verbose:
         print(plan.format(cap))
-        print(f"  train total as the step compiles today: {today.train_total / GiB:.2f} GiB "
-              f"(activations {today.activations / GiB:.2f} GiB)")
   return 0
 
 

@@ -161,6 +161,26 @@ def test_group_sampling_prefills_once_and_draws_independent_samples(params):
   assert len({tuple(r) for r in np.asarray(rollout.tokens)}) > 10
 
 
+@pytest.mark.parametrize("scan_layers", [True, False])
+def test_decode_updates_the_kv_cache_in_place(scan_layers):
+  """The decode loop writes each token into the donated cache in place: XLA's temporaries of
+  the compiled loop stay well under one cache (measured on XLA:CPU 0.28x-0.31x, one layer's
+  keys and values read out of the 4-layer stack). A layer loop that rebuilt the stacked cache
+  (as the scan's output) held a second cache: 1.07x-1.42x."""
+  cfg = dataclasses.replace(CFG, num_layers=4, max_seq_len=256, scan_layers=scan_layers)
+  rows, cache_len = 32, 256
+  sp = SamplingParams(temperature=1.0, top_p=0.9, max_new_tokens=192)
+  cache = jax.eval_shape(lambda: T.KVCache.zeros(cfg, rows, cache_len))
+  compiled = Sampler(cfg, pad_id=PAD)._decode.lower(
+      sp, PAD, T.abstract_params(cfg), cache,
+      jax.ShapeDtypeStruct((rows, cfg.vocab_size), jnp.float32),
+      jax.ShapeDtypeStruct((rows,), jnp.int32), key(0)).compile()
+  cache_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(cache))
+  memory = compiled.memory_analysis()
+  assert memory.alias_size_in_bytes == cache_bytes  # the output cache is the donated input
+  assert memory.temp_size_in_bytes < 0.5 * cache_bytes, (memory.temp_size_in_bytes, cache_bytes)
+
+
 def test_vocab_limit_is_never_sampled():
   logits = jnp.tile(jnp.array([0.0, 0.0, 0.0, 5.0, 5.0]), (4_000, 1))
   for temperature in (0.0, 1.0):

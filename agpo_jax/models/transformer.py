@@ -149,8 +149,15 @@ class Attention(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, positions: Array, mask: Array,
-               layer_cache: tuple[Array, Array] | None, cache_index: Array | None):
-    """x `[B, T, D]`, mask `[B, T, S]` -> (out `[B, T, D]`, updated (k, v) or None)."""
+               cache: tuple[Array, Array, Array | int] | None, cache_index: Array | None):
+    """x `[B, T, D]`, mask `[B, T, S]` -> (out `[B, T, D]`, updated cache or None).
+
+    `cache` is (k, v, layer): the stacked keys and values of every layer
+    `[L, B, KV, S, hd]` and this layer's index. The T new keys and values are written into
+    the stack at (layer, cache_index) and the stack is returned, so that a caller carrying it
+    through the layers (and a decode loop carrying it through steps) updates one buffer in
+    place instead of rebuilding a second stacked cache.
+    """
     cfg = self.cfg
     dtype = jnp.dtype(cfg.dtype)
     d, h, kv, hd = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -184,12 +191,14 @@ class Attention(nn.Module):
     v = v.transpose(0, 2, 1, 3)
 
     new_cache = None
-    if layer_cache is not None:
-      cache_k, cache_v = layer_cache
-      start = (0, 0, cache_index, 0)
-      k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), start)
-      v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), start)
-      new_cache = (k, v)
+    if cache is not None:
+      cache_k, cache_v, layer = cache
+      start = (layer, 0, 0, cache_index, 0)
+      cache_k = jax.lax.dynamic_update_slice(cache_k, k[None].astype(cache_k.dtype), start)
+      cache_v = jax.lax.dynamic_update_slice(cache_v, v[None].astype(cache_v.dtype), start)
+      k = jax.lax.dynamic_index_in_dim(cache_k, layer, 0, keepdims=False)
+      v = jax.lax.dynamic_index_in_dim(cache_v, layer, 0, keepdims=False)
+      new_cache = (cache_k, cache_v)
 
     b, t = x.shape[:2]
     q = q.reshape(b, t, kv, h // kv, hd)
@@ -217,20 +226,30 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-  """Pre-norm decoder block. Signature fits `nn.scan`: (carry, scanned, *broadcast)."""
+  """Pre-norm decoder block. Signature fits `nn.scan`: (carry, scanned, *broadcast).
+
+  Without a cache the carry is the hidden states `x` and `layer` is None. With one, the carry
+  is (x, k, v) with the whole stacked cache and `layer` is this block's index (the scanned
+  input): the block writes its new keys and values into the stack in place.
+  """
 
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x: Array, layer_cache, positions: Array, mask: Array, cache_index):
+  def __call__(self, carry, layer, positions: Array, mask: Array, cache_index):
     cfg = self.cfg
+    if layer is None:
+      x, cache = carry, None
+    else:
+      x, cache_k, cache_v = carry
+      cache = (cache_k, cache_v, layer)
     x = _constrain_rows(x)
     attn_out, new_cache = Attention(cfg, name="attn")(
         RMSNorm(cfg.rms_eps, cfg.param_dtype, name="attn_norm")(x), positions, mask,
-        layer_cache, cache_index)
+        cache, cache_index)
     x = x + attn_out
     x = x + MLP(cfg, name="mlp")(RMSNorm(cfg.rms_eps, cfg.param_dtype, name="mlp_norm")(x))
-    return x, new_cache
+    return (x if new_cache is None else (x, *new_cache)), None
 
 
 class Transformer(nn.Module):
@@ -264,34 +283,31 @@ class Transformer(nn.Module):
     if cache is None:
       causal = jnp.tril(jnp.ones((t, t), bool))
       mask = causal[None] & input_mask[:, None, :]
-      cache_index, layer_caches = None, None
+      cache_index = None
     else:
       cache_index = cache.index
       valid = jax.lax.dynamic_update_slice(cache.valid, input_mask, (0, cache_index))
       query_slot = cache_index + jnp.arange(t)
       causal = jnp.arange(cache.max_len)[None, :] <= query_slot[:, None]  # [T, S]
       mask = causal[None] & valid[:, None, :]
-      layer_caches = (cache.k, cache.v)
 
     block = Block
     if cfg.remat:
       block = nn.remat(Block, prevent_cse=not cfg.scan_layers, static_argnums=())
+    # With a cache, the whole stacked k and v travel in the carry and each layer writes its
+    # slot in place (a scanned-in, scanned-out cache would be a second full cache in memory).
+    carry = x if cache is None else (x, cache.k, cache.v)
     if cfg.scan_layers:
       scanned = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
                         in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
                         length=cfg.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
-      x, new_layer_caches = scanned(cfg, name="layers")(x, layer_caches, positions, mask,
-                                                        cache_index)
+      layers = None if cache is None else jnp.arange(cfg.num_layers, dtype=jnp.int32)
+      carry, _ = scanned(cfg, name="layers")(carry, layers, positions, mask, cache_index)
     else:
-      new_k, new_v = [], []
       for i in range(cfg.num_layers):
-        layer_cache = None if cache is None else (cache.k[i], cache.v[i])
-        x, out_cache = block(cfg, name=f"layer_{i}")(x, layer_cache, positions, mask,
-                                                      cache_index)
-        if out_cache is not None:
-          new_k.append(out_cache[0])
-          new_v.append(out_cache[1])
-      new_layer_caches = None if cache is None else (jnp.stack(new_k), jnp.stack(new_v))
+        carry, _ = block(cfg, name=f"layer_{i}")(carry, None if cache is None else i,
+                                                 positions, mask, cache_index)
+    x = carry if cache is None else carry[0]
 
     x = _constrain_rows(RMSNorm(cfg.rms_eps, cfg.param_dtype, name="final_norm")(x))
     if not cfg.tie_embeddings:
@@ -299,8 +315,7 @@ class Transformer(nn.Module):
              _kernel_init(cfg.d_model), cfg.param_dtype)
     new_cache = None
     if cache is not None:
-      new_cache = cache.replace(k=new_layer_caches[0], v=new_layer_caches[1], valid=valid,
-                                index=cache.index + t)
+      new_cache = cache.replace(k=carry[1], v=carry[2], valid=valid, index=cache.index + t)
     if return_hidden:
       return x, new_cache
     return logits_from_hidden(cfg, self.variables["params"], x), new_cache
