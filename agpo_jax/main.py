@@ -18,7 +18,7 @@ from absl import app, flags, logging
 from ml_collections import config_dict, config_flags
 
 from agpo_jax import configs, memory_plan, parallel, sampling, verifiers
-from agpo_jax.evaluation.evaluate import evaluate
+from agpo_jax.evaluation.evaluate import eval_splits, evaluate
 from agpo_jax.models.config import resolve_model_config
 from agpo_jax.tasks import encode_prompt, make_task
 from agpo_jax.tokenizers import load_tokenizer
@@ -56,7 +56,7 @@ def check_memory(config: config_dict.ConfigDict, mesh: jax.sharding.Mesh, tokeni
   """Print the per-device memory plan of this run; raise `PlanDoesNotFit` (naming every
   component) when it exceeds the device memory (`config.memory.device_gib`, else what the
   runtime reports), unless `config.memory.check` is False."""
-  problems = list(task.split("train")) + list(task.split(config.eval.split))
+  problems = [p for split in ["train", *eval_splits(config)] for p in task.split(split)]
   prompt_len = sampling.bucket_length(max(len(encode_prompt(tokenizer, p)) for p in problems),
                                       config.sampling.min_prompt_bucket)
   rows = config.train.batch_prompts * config.sampling.num_samples
@@ -104,6 +104,17 @@ def _periodic_evaluator(config, sampler, tokenizer, problems, verifier):
     return {f"pass@{k}": v for k, v in summary["pass@k"].items()}
 
   return evaluate_during_training
+
+
+def _first_split(config: config_dict.ConfigDict) -> config_dict.ConfigDict:
+  """`config` with eval.split reduced to its first split (training-time evaluations use one;
+  evaluate mode takes them all)."""
+  splits = eval_splits(config)
+  if len(splits) == 1:
+    return config
+  config = copy.deepcopy(config)
+  config.eval.split = splits[0]
+  return config
 
 
 def run_sample(config: config_dict.ConfigDict, workdir: pathlib.Path) -> dict:
@@ -159,6 +170,7 @@ def run_sft(config: config_dict.ConfigDict, workdir: pathlib.Path) -> dict:
 
 def run_rl(config: config_dict.ConfigDict, workdir: pathlib.Path) -> dict:
   """RL from the workdir's warm start if it has one, else from a random init."""
+  config = _first_split(config)
   tokenizer, model_cfg, task, mesh = _setup(config)
   params, _ = _initial_params(config, workdir, model_cfg, tokenizer, task, mesh)
   sampler = sampling.Sampler(model_cfg, tokenizer.pad_id, config.sampling.min_prompt_bucket,
@@ -172,7 +184,8 @@ def run_rl(config: config_dict.ConfigDict, workdir: pathlib.Path) -> dict:
 
 
 def run_evaluate(config: config_dict.ConfigDict, workdir: pathlib.Path) -> dict:
-  """Evaluate the workdir's latest model (RL if present, else SFT) on config.eval.split."""
+  """Evaluate the workdir's latest model (RL if present, else SFT) on each split (benchmark)
+  of config.eval.split: a count file and a JSON summary per split in WORKDIR/eval/."""
   tokenizer, model_cfg, task, mesh = _setup(config)
   params, label = _initial_params(config, workdir, model_cfg, tokenizer, task, mesh)
   trained = restore_rl_params(config, workdir / "rl", model_cfg, params, mesh)
@@ -181,16 +194,25 @@ def run_evaluate(config: config_dict.ConfigDict, workdir: pathlib.Path) -> dict:
     label = f"{config.algo.name}-step{step}"
   sampler = sampling.Sampler(model_cfg, tokenizer.pad_id, config.sampling.min_prompt_bucket,
                              mesh)
+  summaries = {}
   with make_verifier(config) as verifier:
-    _, summary = evaluate(config, params, sampler, tokenizer, task.split(config.eval.split),
-                          verifier, _counts_path(config, workdir, label), f"eval {label}")
+    for split in eval_splits(config):
+      one = copy.deepcopy(config)
+      one.eval.split = split
+      _, summaries[split] = evaluate(one, params, sampler, tokenizer, task.split(split),
+                                     verifier, _counts_path(one, workdir, label),
+                                     f"eval {label} on {split}")
   if jax.process_index() == 0:
-    print(format_pass_table({label: summary}))
-  return {"summary": summary, "label": label}
+    for split, summary in summaries.items():
+      print(f"\n{split} ({summary['num_problems']} problems, n = {summary['n']}):\n"
+            + format_pass_table({label: summary}))
+  return {"summaries": summaries, "summary": next(iter(summaries.values())), "label": label}
 
 
 def run_pipeline(config: config_dict.ConfigDict, workdir: pathlib.Path) -> dict:
-  """Warm start (cached), evaluate the base, RL, evaluate the trained model, compare."""
+  """Warm start (cached), evaluate the base, RL, evaluate the trained model, compare (on the
+  first split of config.eval.split)."""
+  config = _first_split(config)
   tokenizer, model_cfg, task, mesh = _setup(config)
   started = time.perf_counter()
   base = train_sft(config, workdir / "sft", model_cfg, tokenizer, task.split("train"),

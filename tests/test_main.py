@@ -131,3 +131,22 @@ def test_run_that_cannot_fit_is_refused_before_any_work(tmp_path, capsys):
   cfg.sft.batch_size = 8
   main.run(cfg, tmp_path)
   assert (tmp_path / "sft").exists()
+
+
+def test_evaluate_mode_covers_every_split_and_writes_json_summaries(tmp_path, capsys):
+  cfg = configs.load_config_file(DEFAULT)
+  cfg.mode = "evaluate"
+  cfg.model.num_layers = 1
+  cfg.eval.split = "heldout, train"
+  cfg.eval.n, cfg.eval.samples_per_call, cfg.eval.max_problems = 4, 4, 6
+  result = main.run(cfg, tmp_path)
+  assert sorted(result["summaries"]) == ["heldout", "train"]
+  for split in ("heldout", "train"):
+    (counts,) = (tmp_path / "eval").glob(f"init_{split}_n4_*.jsonl")
+    summary = json.loads(counts.with_name(counts.stem + ".summary.json").read_text())
+    expected = {k: v for k, v in result["summaries"][split].items() if k != "seconds"}
+    assert summary == json.loads(json.dumps(expected, default=float))
+    assert summary["num_problems"] == 6 and summary["n"] == 4 and "maj@k" in summary
+    assert len(counts.read_text().splitlines()) == 6
+  printed = capsys.readouterr().out
+  assert "heldout (6 problems, n = 4)" in printed and "train (6 problems, n = 4)" in printed

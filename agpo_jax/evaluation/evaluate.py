@@ -8,6 +8,7 @@ the problems already in the count file and reproduces the rest exactly.
 
 from __future__ import annotations
 
+import json
 import pathlib
 import time
 from collections.abc import Sequence
@@ -35,10 +36,23 @@ def eval_config() -> config_dict.ConfigDict:
       max_new_tokens=config_dict.placeholder(int),  # None: sampling.max_new_tokens
       batch_prompts=32,  # problems per sampler call
       samples_per_call=256,  # samples per problem per sampler call (n is split into these)
-      split="heldout",
+      split="heldout",  # a split / benchmark, or several comma-separated (evaluate mode)
       max_problems=0,  # 0: all problems of the split
       seed=1234,  # evaluation sampling seed, independent of the training seed
   ))
+
+
+def summary_path(counts_path: pathlib.Path) -> pathlib.Path:
+  """Where `evaluate` writes the JSON summary of the counts in `counts_path`."""
+  return counts_path.with_name(counts_path.stem + ".summary.json")
+
+
+def eval_splits(config: config_dict.ConfigDict) -> list[str]:
+  """The splits (or benchmarks) `config.eval.split` names: one, or several comma-separated."""
+  splits = [s.strip() for s in str(config.eval.split).split(",") if s.strip()]
+  if not splits:
+    raise ValueError(f"eval.split={config.eval.split!r} names no split")
+  return splits
 
 
 def evaluate(config: config_dict.ConfigDict, params: Any, sampler: sampling.Sampler,
@@ -108,5 +122,7 @@ def evaluate(config: config_dict.ConfigDict, params: Any, sampler: sampling.Samp
   bar.close()
   ordered = [records[p.id] for p in problems]
   summary = counts_lib.summarize(ordered)
+  if counts_path is not None and primary:  # the JSON summary beside its count file
+    summary_path(counts_path).write_text(json.dumps(summary, indent=2, default=float) + "\n")
   summary["seconds"] = time.perf_counter() - started
   return ordered, summary
