@@ -224,7 +224,7 @@ class MemoryPlan:
     mesh = " ".join(f"{k}={v}" for k, v in self.axis_sizes)
     micro = self.rows_per_update // self.micro_batch_rows
     lines = [
-        f"{self.model}: {self.num_params / 1e9:.3f}B params, params {self.param_dtype}, "
+        f"{self.model}: {_count(self.num_params)} params, params {self.param_dtype}, "
         f"compute {self.dtype}; mesh {mesh}",
         f"  train: {self.rows_per_step} rows/step, {self.rows_per_update} rows/update in "
         f"{micro} micro-batch(es) of {self.micro_batch_rows} rows "
@@ -242,6 +242,13 @@ class MemoryPlan:
       lines.append(f"  {'device capacity':<{width}}  {device_bytes / GiB:10.2f} GiB  -> {verdict}")
     lines.extend(f"  note: {n}" for n in self.notes)
     return "\n".join(lines)
+
+
+def _count(n: int) -> str:
+  """12,345 / 1.54B: exact below a million, else to three significant decimals."""
+  if n < 1_000_000:
+    return f"{n:,}"
+  return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
 
 
 def check_fits(plan: MemoryPlan, device_bytes: int, fraction: float = 1.0) -> MemoryPlan:
