@@ -59,16 +59,14 @@ def check_memory(config: config_dict.ConfigDict, mesh: jax.sharding.Mesh, tokeni
   problems = [p for split in ["train", *eval_splits(config)] for p in task.split(split)]
   prompt_len = sampling.bucket_length(max(len(encode_prompt(tokenizer, p)) for p in problems),
                                       config.sampling.min_prompt_bucket)
-  rows = config.train.batch_prompts * config.sampling.num_samples
-  sample_rows = rows // config.sampling.get("rollout_chunks", 1)
+  plan = memory_plan.plan_from_config(config, dict(mesh.shape), prompt_len=prompt_len,
+                                      tokenizer_vocab_size=tokenizer.vocab_size)
   if config.mode in ("pipeline", "evaluate"):  # evaluation calls hold their own caches
     dp = parallel.data_parallel_size(mesh)
-    eval_prompts = -(-config.eval.batch_prompts // dp) * dp
-    sample_rows = max(sample_rows, eval_prompts * min(config.eval.samples_per_call,
-                                                      config.eval.n))
-  plan = memory_plan.plan_from_config(config, dict(mesh.shape), prompt_len=prompt_len,
-                                      sample_rows=sample_rows,
-                                      tokenizer_vocab_size=tokenizer.vocab_size)
+    eval_rows = (-(-config.eval.batch_prompts // dp) * dp
+                 * min(config.eval.samples_per_call, config.eval.n))
+    if eval_rows > plan.sample_rows:
+      plan = plan.replan(sample_rows=eval_rows)
   memory = config.get("memory", config_dict.ConfigDict(dict(check=True, device_gib=0.0)))
   device_bytes = (int(memory.device_gib * 2**30) if memory.device_gib > 0
                   else device_memory_bytes())

@@ -162,23 +162,23 @@ def shard_batch(tree: Any, mesh: Mesh) -> Any:
   Scalars are replicated. Rows must divide over the data-parallel devices: a batch that did
   not would silently be computed in full on every device.
   """
-  parts = math.prod(mesh.shape[a] for a in BATCH_AXES)
+  parts = data_parallel_size(mesh)
 
   def put(x):
     x = x if isinstance(x, jax.Array) else np.asarray(x)
     if x.ndim == 0:
-      return jax.device_put(x, NamedSharding(mesh, PartitionSpec()))
+      return jax.device_put(x, replicated(mesh))
     if x.shape[0] % parts:
       raise ValueError(f"batch of {x.shape[0]} rows does not split over the {parts} "
                        f"data-parallel devices (mesh data x fsdp = {parts})")
-    return jax.device_put(x, NamedSharding(mesh, PartitionSpec(BATCH_AXES)))
+    return jax.device_put(x, batch_sharding(mesh))
 
   return jax.tree.map(put, tree)
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
   """A full copy of every array of `tree` on every device of the mesh."""
-  return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
+  return jax.device_put(tree, replicated(mesh))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -245,28 +245,31 @@ def process_rows(num_rows: int, mesh: Mesh) -> slice:
   They form one contiguous block when each process owns whole blocks of the data-parallel
   axes, as `jax.make_mesh` lays them out; anything else is refused rather than mis-fed.
   """
-  sharding = batch_sharding(mesh)
-  indices = sharding.addressable_devices_indices_map((num_rows,)).values()
+  indices = batch_sharding(mesh).addressable_devices_indices_map((num_rows,)).values()
   starts = {ix[0].start or 0 for ix in indices}
   stops = {num_rows if ix[0].stop is None else ix[0].stop for ix in indices}
   start, stop = min(starts), max(stops)
   per_block = num_rows // data_parallel_size(mesh)
-  if len(starts) * jax.process_count() != data_parallel_size(mesh):
+  if _local_row_blocks(mesh) * jax.process_count() != data_parallel_size(mesh):
     raise ValueError(f"mesh {dict(mesh.shape)}: with {jax.process_count()} processes each one "
                      "must hold its own rows, so data x fsdp must split over the processes "
                      "(keep tensor parallelism within a host)")
-  if (stop - start) != len(starts) * per_block:
+  if (stop - start) != _local_row_blocks(mesh) * per_block:
     raise ValueError(f"process {jax.process_index()}'s devices hold rows that are not one "
                      f"contiguous block of the {num_rows}-row batch; use a mesh whose "
                      "data-parallel axes split along process boundaries")
   return slice(start, stop)
 
 
+def _local_row_blocks(mesh: Mesh) -> int:
+  """How many of the data x fsdp row blocks this process's devices hold."""
+  return len({tuple(np.argwhere(mesh.devices == d)[0][:len(BATCH_AXES)])
+              for d in mesh.local_devices})
+
+
 def global_rows(local_rows: int, mesh: Mesh) -> int:
   """The global row count of a batch of which this process holds `local_rows` rows."""
-  coords = {tuple(np.argwhere(mesh.devices == d)[0][:len(BATCH_AXES)])
-            for d in mesh.local_devices}
-  return local_rows * data_parallel_size(mesh) // len(coords)
+  return local_rows * data_parallel_size(mesh) // _local_row_blocks(mesh)
 
 
 def host_to_global(tree: Any, mesh: Mesh, num_rows: int) -> Any:

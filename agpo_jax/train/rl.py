@@ -23,7 +23,6 @@ from typing import Any
 
 import jax
 import numpy as np
-import optax
 from ml_collections import config_dict
 
 from agpo_jax import checkpointing, configs, parallel, sampling
@@ -109,14 +108,10 @@ def rollout_and_grade(config, sampler, verifier, tokenizer, params, problems, rn
   return rollout, rewards.reshape(len(problems), group), info
 
 
-def _optimizer(config) -> optax.GradientTransformation:
-  updates = config.train.steps * config.train.num_minibatches * config.train.epochs
-  return train_step.make_optimizer(config.optim, updates)
-
-
 def _train_state(config, model_cfg, init_params, mesh=None):
   """(fresh TrainState, step shardings or None); created sharded on `mesh` when given."""
-  tx = _optimizer(config)
+  updates = config.train.steps * config.train.num_minibatches * config.train.epochs
+  tx = train_step.make_optimizer(config.optim, updates)
   shardings = None if mesh is None else parallel.step_shardings(model_cfg, tx, mesh)
   return train_step.create_state(init_params, tx, shardings), shardings
 
