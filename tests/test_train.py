@@ -262,6 +262,10 @@ def test_rollout_chunks_give_the_rollout_of_one_call():
   params = transformer.init_params(model_cfg, jax.random.key(0, impl="rbg"))
   problems = make_task(cfg.task).split("train")[:4]
   sampler = sampling.Sampler(model_cfg, tokenizer.pad_id)
+  calls = []
+  generate = sampler.generate
+  sampler.generate = lambda params, prompts, *a: calls.append(len(prompts)) or generate(
+      params, prompts, *a)
   greedy = sampling.sampling_params(cfg.sampling, tokenizer.stop_ids, tokenizer.vocab_size,
                                     temperature=0.0)
   out = {}
@@ -270,6 +274,7 @@ def test_rollout_chunks_give_the_rollout_of_one_call():
       cfg.sampling.rollout_chunks = chunks
       out[chunks] = rollout_and_grade(cfg, sampler, verifier, tokenizer, params, problems,
                                       jax.random.key(1), greedy)
+    assert calls == [4, 2, 2]  # one call of 4 prompts, then two of 2
     cfg.sampling.rollout_chunks = 3
     with pytest.raises(configs.ConfigError, match="sampling.rollout_chunks=3"):
       rollout_and_grade(cfg, sampler, verifier, tokenizer, params, problems, jax.random.key(1),
