@@ -1,7 +1,10 @@
-"""Benchmark registry, JSONL loading, prompt messages, and the TFDS route."""
+"""Benchmark registry, JSONL loading (plain and gzipped), the shipped data, prompt messages, and
+the TFDS route. AGPO_DATA_DIR is unset for every test: the repository's own copy is tested."""
 
+import gzip
 import importlib.util
 import json
+import pathlib
 
 import pytest
 
@@ -13,6 +16,10 @@ from agpo_jax.tasks.benchmarks import (
     build_math_messages,
     load_benchmark,
 )
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHIPPED = REPO / "data" / "benchmarks"
+SHARED = REPO / ".." / "shared" / "data" / "benchmarks"
 
 EXPECTED_COUNTS = {
     "math500": 500,
@@ -89,10 +96,59 @@ def test_data_dir_argument_and_env_override(tmp_path, monkeypatch):
 
 
 def test_default_search_path_is_relative_to_the_repo():
-  repo_root = benchmarks.pathlib.Path(__file__).resolve().parents[1]
-  assert (repo_root / ".." / "shared" / "data" / "benchmarks").resolve() in [
-      p.resolve() for p in benchmarks.DEFAULT_DATA_DIRS
-  ]
+  searched = [p.resolve() for p in benchmarks.DEFAULT_DATA_DIRS]
+  assert searched[0] == SHIPPED.resolve()  # the repository's copy first
+  assert SHARED.resolve() in searched
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_COUNTS))
+def test_benchmarks_load_from_the_shipped_gzipped_copy(name):
+  path = benchmarks.benchmark_path(name)
+  assert path == SHIPPED.resolve() / (BENCHMARKS[name].filename + ".gz")
+  assert not (SHIPPED / BENCHMARKS[name].filename).exists()  # one form per file: gzipped
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="no ../shared reference copy here")
+@pytest.mark.parametrize("name", sorted(EXPECTED_COUNTS))
+def test_shipped_copy_matches_the_shared_reference(name):
+  filename = BENCHMARKS[name].filename
+  shipped = gzip.decompress((SHIPPED / (filename + ".gz")).read_bytes())
+  assert shipped == (SHARED / filename).read_bytes()
+
+
+def _write_gzip_lines(path, lines):
+  path.write_bytes(gzip.compress("".join(line + "\n" for line in lines).encode("utf-8")))
+
+
+def test_gzipped_file_reads_like_the_plain_one(tmp_path):
+  lines = [json.dumps({"problem": f"{i}+1?", "answer": str(i + 1)}) for i in range(3)]
+  _write_gzip_lines(tmp_path / "aime24.jsonl.gz", lines)
+  from_gzip = load_benchmark("aime24", data_dir=tmp_path)
+  assert [(p.id, p.question, p.answer) for p in from_gzip] == [
+      ("aime24/0", "0+1?", "1"), ("aime24/1", "1+1?", "2"), ("aime24/2", "2+1?", "3")]
+  _write_lines(tmp_path / "aime24.jsonl", lines[:1])  # a plain file is preferred when both are
+  assert [p.answer for p in load_benchmark("aime24", data_dir=tmp_path)] == ["1"]
+  _write_gzip_lines(tmp_path / "gsm8k_test.jsonl.gz",
+                    [json.dumps({"question": "q", "answer": "so\n#### 1,234"})])
+  (gsm8k,) = load_benchmark("gsm8k", data_dir=tmp_path)
+  assert gsm8k.answer == "1234" and gsm8k.solution == "so\n#### 1,234"
+
+
+def test_bad_line_in_a_gzipped_file_names_file_and_line(tmp_path):
+  path = tmp_path / "math500.jsonl.gz"
+  good = json.dumps({"problem": "1+1?", "answer": "2"})
+  _write_gzip_lines(path, [good, good, '{"problem": 3, "answer": "2"}'])
+  with pytest.raises(ValueError, match="missing string field 'problem'") as error:
+    load_benchmark("math500", data_dir=tmp_path)
+  assert f"{path}:3:" in str(error.value)
+
+
+def test_corrupt_gzip_names_the_file(tmp_path):
+  path = tmp_path / "aime25.jsonl.gz"
+  path.write_bytes(gzip.compress(b'{"problem": "1+1?", "answer": "2"}\n' * 50)[:-30])
+  with pytest.raises(ValueError, match="unreadable gzip data") as error:
+    load_benchmark("aime25", data_dir=tmp_path)
+  assert str(path) in str(error.value)
 
 
 @pytest.mark.parametrize(
@@ -124,6 +180,7 @@ def test_missing_file_names_the_path(tmp_path):
     load_benchmark("olympiadbench", data_dir=tmp_path)
   text = str(error.value)
   assert str(tmp_path / "olympiadbench.jsonl") in text
+  assert str(tmp_path / "olympiadbench.jsonl.gz") in text
   assert benchmarks.DATA_DIR_ENV in text and "'problem' and 'answer'" in text
 
 

@@ -1,34 +1,94 @@
 """Tasks: where prompts and reference answers come from.
 
-A task exposes `split(name) -> list[Problem]`; a `Problem` carries an id, the prompt (text
-or chat messages) and a `Reference` for the verifier. `encode_prompt` turns a problem into
-token ids with the tokenizer's chat template when the problem is a conversation.
+Every task is reached by `config.task.name` through `TASKS`: 'multiplication' (the embedded
+testbed, `testbed`) and one math task per evaluation benchmark ('math500', 'aime24', 'aime25',
+'amc23', 'minerva', 'olympiadbench', 'gsm8k'; `math_tasks`). `task_config(name)` is a task's
+default `config.task` block and `make_task(config.task)` builds it. A task exposes
+`split(name) -> list[Problem]`; a `Problem` (`problem`) carries an id, the prompt (text or chat
+messages), the gold answer and its verifier `Reference`. `encode_prompt` turns a problem into
+token ids, with the tokenizer's chat template when the problem is a conversation, and
+`PromptIterator` is the resumable training order over a split.
+
+Modules: `problem` (the shared types), `testbed`, `math_tasks`, `benchmarks` (the JSONL
+registry and loader), `math_format` (the math prompt format), `tfds_source` (`tfds:` sources).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+import types
+from typing import Any, Callable, NamedTuple, Protocol
 
-from agpo_jax.tasks.testbed import MultiplicationTask, Problem, testbed_config
-from agpo_jax.tokenizers import Tokenizer, encode_chat
+from ml_collections import config_dict
 
-TASKS = {"multiplication": MultiplicationTask}
-
-
-def make_task(cfg: Any):
-  """The task named by `config.task.name`."""
-  if cfg.name not in TASKS:
-    raise ValueError(f"config.task.name={cfg.name!r} is not one of {sorted(TASKS)}")
-  return TASKS[cfg.name](cfg)
+from agpo_jax import configs
+from agpo_jax.tasks.math_tasks import MATH_TASK_NAMES, MathTask, math_task_config
+from agpo_jax.tasks.problem import Problem, PromptIterator, encode_prompt
+from agpo_jax.tasks.testbed import MultiplicationTask, testbed_config
 
 
-def encode_prompt(tokenizer: Tokenizer, problem: Any) -> list[int]:
-  """Token ids of a problem's prompt: chat messages through the template, text as is."""
-  messages = getattr(problem, "messages", None)
-  if messages:
-    return encode_chat(tokenizer, messages)
-  return tokenizer.encode(problem.prompt, add_bos=True)
+class Task(Protocol):
+  """What a task offers: its registry name and the problems of each split."""
+
+  name: str
+
+  def split(self, name: str) -> list[Problem]:
+    ...
 
 
-__all__ = ["TASKS", "MultiplicationTask", "Problem", "encode_prompt", "make_task",
-           "testbed_config"]
+class TaskEntry(NamedTuple):
+  """A registered task: how to build it from its config block, and that block's defaults."""
+
+  make: Callable[[config_dict.ConfigDict], Task]
+  config: Callable[[], config_dict.ConfigDict]
+
+
+TASKS = types.MappingProxyType({
+    "multiplication": TaskEntry(MultiplicationTask, testbed_config),
+    **{name: TaskEntry(MathTask, functools.partial(math_task_config, name))
+       for name in MATH_TASK_NAMES},
+})
+
+
+def task_names() -> list[str]:
+  """Every valid `config.task.name`."""
+  return list(TASKS)
+
+
+def _entry(name: Any) -> TaskEntry:
+  if name not in TASKS:
+    raise configs.ConfigError(f"config.task.name={name!r} is not one of {tuple(TASKS)}")
+  return TASKS[name]
+
+
+def task_config(name: str) -> config_dict.ConfigDict:
+  """The default `config.task` block of the task `name`; ConfigError for an unknown name."""
+  return _entry(name).config()
+
+
+def make_task(cfg: config_dict.ConfigDict) -> Task:
+  """The task named by `config.task.name`, built from the `config.task` block `cfg`.
+
+  Raises:
+    configs.ConfigError: (a ValueError) the name is not registered, naming
+      `config.task.name` and the valid names.
+  """
+  return _entry(cfg.name).make(cfg)
+
+
+__all__ = [
+    "MATH_TASK_NAMES",
+    "TASKS",
+    "MathTask",
+    "MultiplicationTask",
+    "Problem",
+    "PromptIterator",
+    "Task",
+    "TaskEntry",
+    "encode_prompt",
+    "make_task",
+    "math_task_config",
+    "task_config",
+    "task_names",
+    "testbed_config",
+]

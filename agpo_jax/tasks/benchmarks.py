@@ -1,71 +1,69 @@
-r"""Math benchmarks: a registry of JSONL files, mapped to `Problem`s and chat messages.
+r"""Math benchmarks: a registry of JSONL files, read into math `Problem`s.
 
     problems = load_benchmark("math500")             # from the data directory
-    messages = build_math_messages(problems[0].question)
+    problems[0].messages                             # the chat prompt (`build_math_messages`)
     rewards, statuses = verifier(completions, [p.reference for p in problems])
 
-The files are not part of the repository. The data directory is, in order: the `data_dir`
-argument, the `AGPO_DATA_DIR` environment variable, `<repo>/data/benchmarks`, and
-`<repo>/../shared/data/benchmarks`. A source `tfds:NAME[:SPLIT]` reads a TFDS data set that
-has already been prepared (see `tfds_source`).
+The repository ships every registered file under `<repo>/data/benchmarks` (gzipped; see its
+README). A file is read as `NAME.jsonl` or `NAME.jsonl.gz`, whichever is there. The data
+directory is, in order: the `data_dir` argument, the `AGPO_DATA_DIR` environment variable,
+`<repo>/data/benchmarks`, and `<repo>/../shared/data/benchmarks`. A source `tfds:NAME[:SPLIT]`
+reads a TFDS data set that has already been prepared (see `tfds_source`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import json
 import os
 import pathlib
 import types
+import zlib
 from typing import Callable
 
-from agpo_jax.verifiers.grades import Reference
+from agpo_jax.tasks import tfds_source
+from agpo_jax.tasks.math_format import (  # noqa: F401  (re-exported: the benchmark API)
+    MATH_INSTRUCTION,
+    build_math_messages,
+    gsm8k_final_answer,
+    math_problem,
+    strip_math_instruction,
+)
+from agpo_jax.tasks.problem import Problem
 
-MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 DATA_DIR_ENV = "AGPO_DATA_DIR"
 _REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 DEFAULT_DATA_DIRS = (
     _REPO_ROOT / "data" / "benchmarks",
     _REPO_ROOT / ".." / "shared" / "data" / "benchmarks",
 )
-
-
-@dataclasses.dataclass(frozen=True)
-class Problem:
-  """One benchmark problem. `question` carries no answer-format instruction."""
-
-  id: str
-  question: str
-  answer: str  # the gold final answer (LaTeX); what a correct \boxed{} must equal
-  benchmark: str
-  solution: str | None = None  # a worked solution, where the file has one (GSM8K)
-
-  @property
-  def reference(self) -> Reference:
-    return Reference(self.answer, "math")
-
-  @property
-  def messages(self) -> list[dict[str, str]]:
-    """The prompt as chat messages (`build_math_messages`, no system prompt)."""
-    return build_math_messages(self.question)
-
-
-def gsm8k_final_answer(solution: str) -> str:
-  """The number after the last '####' of a GSM8K solution, without thousands separators."""
-  if "####" not in solution:
-    raise ValueError("GSM8K answer has no '#### <number>' line")
-  return solution.rsplit("####", 1)[1].strip().replace(",", "")
+COMPRESSED_SUFFIX = ".gz"
 
 
 @dataclasses.dataclass(frozen=True)
 class BenchmarkSpec:
+  """A registered benchmark file.
+
+  Attributes:
+    name: The registry name (`load_benchmark(name)`, `config.task.name`).
+    filename: The JSONL file's name; `filename + ".gz"` is read as well.
+    num_problems: Problems in the standard release; loading does not enforce it.
+    question_field: The JSON field holding the question.
+    answer_field: The JSON field holding the gold answer (or a solution, see next).
+    answer_from_solution: Extracts the final answer when `answer_field` holds a solution.
+    description: What the benchmark is, for error messages.
+    training_set: Meant for training, not evaluation: not offered as a task of its own.
+  """
+
   name: str
   filename: str
-  num_problems: int  # in the standard release; loading does not enforce it
+  num_problems: int
   question_field: str = "problem"
   answer_field: str = "answer"
-  answer_from_solution: Callable[[str], str] | None = None  # the answer field is a solution
+  answer_from_solution: Callable[[str], str] | None = None
   description: str = ""
+  training_set: bool = False
 
 
 BENCHMARKS = types.MappingProxyType({
@@ -87,13 +85,25 @@ BENCHMARKS = types.MappingProxyType({
         BenchmarkSpec(
             "gsm8k_train", "gsm8k_train.jsonl", 7473, question_field="question",
             answer_from_solution=gsm8k_final_answer, description="GSM8K train split",
+            training_set=True,
         ),
     )
 })
 
 
 def benchmark_names() -> list[str]:
+  """Every registered benchmark, training sets included."""
   return list(BENCHMARKS)
+
+
+def evaluation_benchmark_names() -> list[str]:
+  """The registered benchmarks meant for evaluation (each one is also a math task)."""
+  return [name for name, spec in BENCHMARKS.items() if not spec.training_set]
+
+
+def is_benchmark_source(source: str) -> bool:
+  """Whether `load_benchmark(source)` can read `source`: a registered name or `tfds:...`."""
+  return source in BENCHMARKS or source.startswith("tfds:")
 
 
 def data_dir_candidates(data_dir: str | os.PathLike | None = None) -> list[pathlib.Path]:
@@ -106,9 +116,11 @@ def data_dir_candidates(data_dir: str | os.PathLike | None = None) -> list[pathl
 
 
 def benchmark_path(name: str, data_dir: str | os.PathLike | None = None) -> pathlib.Path:
-  """The JSONL file of a registered benchmark; FileNotFoundError says where it was looked for."""
+  """The file of a registered benchmark: in each data directory, `NAME.jsonl`, then
+  `NAME.jsonl.gz`; FileNotFoundError says where it was looked for."""
   spec = _spec(name)
-  candidates = [directory / spec.filename for directory in data_dir_candidates(data_dir)]
+  candidates = [directory / filename for directory in data_dir_candidates(data_dir)
+                for filename in (spec.filename, spec.filename + COMPRESSED_SUFFIX)]
   for path in candidates:
     if path.is_file():
       return path
@@ -116,9 +128,9 @@ def benchmark_path(name: str, data_dir: str | os.PathLike | None = None) -> path
   raise FileNotFoundError(
       f"benchmark {name!r}: {spec.filename} not found; looked for "
       + ", ".join(str(p) for p in candidates)
-      + f". It is the public {spec.description} as JSONL, one object per line with fields "
-      f"{fields}; benchmark data is not in the repository: put the file in one of those "
-      f"directories, or point ${DATA_DIR_ENV} (or data_dir=) at the directory holding it."
+      + f". It is the public {spec.description} as JSONL (plain or gzipped), one object per "
+      f"line with fields {fields}; the repository ships it in {DEFAULT_DATA_DIRS[0]}: restore "
+      f"that directory, or point ${DATA_DIR_ENV} (or data_dir=) at a directory holding the file."
   )
 
 
@@ -128,66 +140,69 @@ def _spec(name: str) -> BenchmarkSpec:
   return BENCHMARKS[name]
 
 
-def strip_math_instruction(question: str) -> str:
-  """The question without a trailing `MATH_INSTRUCTION` (several files already carry it)."""
-  question = question.rstrip()
-  if question.endswith(MATH_INSTRUCTION):
-    question = question[: -len(MATH_INSTRUCTION)].rstrip()
-  return question
+def _open_text(path: pathlib.Path):
+  if path.name.endswith(COMPRESSED_SUFFIX):
+    return gzip.open(path, "rt", encoding="utf-8")
+  return open(path, encoding="utf-8")
 
 
 def read_jsonl_problems(path: str | os.PathLike, spec: BenchmarkSpec) -> list[Problem]:
-  """Parses a benchmark file; a bad line raises ValueError naming the file and line number."""
+  """Parses a benchmark file, plain or gzipped (by its '.gz' suffix).
+
+  Args:
+    path: The file.
+    spec: The benchmark it holds: field names and the answer extraction.
+
+  Returns:
+    The problems in file order, with ids `NAME/0`, `NAME/1`, ... (blank lines skipped).
+
+  Raises:
+    ValueError: A bad line (naming the file and line number) or a corrupt gzip stream.
+  """
   path = pathlib.Path(path)
   problems = []
-  with open(path, encoding="utf-8") as f:
-    for line_number, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
-      where = f"{path}:{line_number}"
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
-      if not isinstance(record, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
-      for field in (spec.question_field, spec.answer_field):
-        if not isinstance(record.get(field), str):
-          raise ValueError(f"{where}: missing string field {field!r} (has {sorted(record)})")
-      answer, solution = record[spec.answer_field], None
-      if spec.answer_from_solution is not None:
-        try:
-          answer, solution = spec.answer_from_solution(answer), answer
-        except ValueError as e:
-          raise ValueError(f"{where}: {e}") from None
-      problems.append(
-          Problem(
-              id=f"{spec.name}/{len(problems)}",
-              question=strip_math_instruction(record[spec.question_field]),
-              answer=answer.strip(),
-              benchmark=spec.name,
-              solution=solution,
-          )
-      )
+  line_number = 0
+  try:
+    with _open_text(path) as f:
+      for line_number, line in enumerate(f, start=1):
+        if line.strip():
+          problems.append(_parse_line(line, f"{path}:{line_number}", spec, len(problems)))
+  except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+    raise ValueError(f"{path}: unreadable gzip data after line {line_number} "
+                     f"({type(e).__name__}: {e})") from None
   return problems
 
 
-def load_benchmark(source: str, data_dir: str | os.PathLike | None = None) -> list[Problem]:
-  """Problems of a registered benchmark (`benchmark_names()`) or a `tfds:NAME[:SPLIT]` source."""
-  if source.startswith("tfds:"):
-    from agpo_jax.tasks import tfds_source
+def _parse_line(line: str, where: str, spec: BenchmarkSpec, index: int) -> Problem:
+  try:
+    record = json.loads(line)
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
+  if not isinstance(record, dict):
+    raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
+  for field in (spec.question_field, spec.answer_field):
+    if not isinstance(record.get(field), str):
+      raise ValueError(f"{where}: missing string field {field!r} (has {sorted(record)})")
+  answer, solution = record[spec.answer_field], None
+  if spec.answer_from_solution is not None:
+    try:
+      answer, solution = spec.answer_from_solution(answer), answer
+    except ValueError as e:
+      raise ValueError(f"{where}: {e}") from None
+  return math_problem(f"{spec.name}/{index}", record[spec.question_field], answer, spec.name,
+                      solution)
 
+
+def load_benchmark(source: str, data_dir: str | os.PathLike | None = None) -> list[Problem]:
+  """Problems of a registered benchmark (`benchmark_names()`) or a `tfds:NAME[:SPLIT]` source.
+
+  Args:
+    source: A registered name, or `tfds:NAME[:SPLIT]` (a prepared TFDS data set).
+    data_dir: Where to look; None searches `data_dir_candidates()` (TFDS: its default).
+
+  Returns:
+    Math problems (chat prompts without a system message, 'math' references).
+  """
+  if source.startswith("tfds:"):
     return tfds_source.load_tfds_problems(source, data_dir=data_dir)
   return read_jsonl_problems(benchmark_path(source, data_dir), _spec(source))
-
-
-def build_math_messages(question: str, system_prompt: str | None = None) -> list[dict[str, str]]:
-  r"""Chat messages for the math prompt format: the question, a blank line, `MATH_INSTRUCTION`.
-
-  A question that already ends with the instruction does not get it twice.
-  """
-  content = strip_math_instruction(question) + "\n\n" + MATH_INSTRUCTION
-  messages = [{"role": "user", "content": content}]
-  if system_prompt is not None:
-    messages.insert(0, {"role": "system", "content": system_prompt})
-  return messages

@@ -11,26 +11,12 @@ The verifier is exact string match on the completion's text ('exact' references)
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Sequence
-
 import numpy as np
 from ml_collections import config_dict
 
-from agpo_jax.verifiers.grades import Reference
-
-
-@dataclasses.dataclass(frozen=True)
-class Problem:
-  """One verifiable prompt: `prompt` is what the model sees, `answer` the gold completion."""
-
-  id: str
-  prompt: str
-  answer: str
-
-  @property
-  def reference(self) -> Reference:
-    return Reference(self.answer, kind="exact")
+from agpo_jax import configs
+# PromptIterator lived here; agpo_jax.train imports it from this module.
+from agpo_jax.tasks.problem import Problem, PromptIterator  # noqa: F401
 
 
 def testbed_config() -> config_dict.ConfigDict:
@@ -48,7 +34,9 @@ def testbed_config() -> config_dict.ConfigDict:
 class MultiplicationTask:
   """All `a*b=` problems for `a, b` in `[low, high]`, split by problem."""
 
+  name = "multiplication"
   alphabet = "0123456789*="
+  SPLITS = ("train", "heldout")
 
   def __init__(self, cfg: config_dict.ConfigDict):
     if not 0 <= cfg.low <= cfg.high:
@@ -67,59 +55,11 @@ class MultiplicationTask:
 
   def _problem(self, a: int, b: int) -> Problem:
     answer = str(a * b).zfill(self.digits)[::-1]
-    return Problem(id=f"{a}*{b}", prompt=f"{a}*{b}=", answer=answer)
-
-  @property
-  def max_answer_tokens(self) -> int:
-    """Tokens a correct completion needs: the digits and the end-of-sequence token."""
-    return self.digits + 1
+    return Problem(id=f"{a}*{b}", prompt=f"{a}*{b}=", answer=answer, reference_kind="exact")
 
   def split(self, name: str) -> list[Problem]:
-    if name not in ("train", "heldout"):
-      raise ValueError(f"unknown split {name!r}; expected 'train' or 'heldout'")
+    """The 'train' or 'heldout' problems, in (a, b) order."""
+    if name not in self.SPLITS:
+      raise configs.ConfigError(f"split {name!r} (config.eval.split) is not one of {self.SPLITS} "
+                                f"for config.task.name={self.name!r}")
     return self.train if name == "train" else self.heldout
-
-
-def uniform_guess_pass_at_k(num_answers: int, k: int) -> float:
-  """pass@k of a guesser drawing uniformly from `num_answers` answers."""
-  return 1.0 - (1.0 - 1.0 / num_answers) ** k
-
-
-class PromptIterator:
-  """Deterministic, resumable order over a problem list: a fresh permutation each epoch.
-
-  Batches are consecutive slices of the concatenated epoch permutations, so every problem is
-  seen once per epoch and a batch may be larger than the problem set. The whole state is
-  `(epoch, position)`; `state()` goes into checkpoints and `PromptIterator(..., state=...)`
-  continues exactly where a run stopped.
-  """
-
-  def __init__(self, num_problems: int, batch_size: int, seed: int,
-               state: dict | None = None):
-    if num_problems <= 0 or batch_size <= 0:
-      raise ValueError(f"need problems and a positive batch size, got {num_problems} problems "
-                       f"and batch size {batch_size}")
-    self.num_problems, self.batch_size, self.seed = num_problems, batch_size, seed
-    state = state or {"epoch": 0, "position": 0}
-    self.epoch, self.position = int(state["epoch"]), int(state["position"])
-
-  def _order(self, epoch: int) -> np.ndarray:
-    return np.random.default_rng([self.seed, epoch]).permutation(self.num_problems)
-
-  def next_indices(self) -> np.ndarray:
-    """The next `batch_size` problem indices."""
-    taken = []
-    while sum(len(t) for t in taken) < self.batch_size:
-      need = self.batch_size - sum(len(t) for t in taken)
-      taken.append(self._order(self.epoch)[self.position:self.position + need])
-      self.position += len(taken[-1])
-      if self.position == self.num_problems:
-        self.epoch, self.position = self.epoch + 1, 0
-    return np.concatenate(taken)
-
-  def state(self) -> dict:
-    return {"epoch": self.epoch, "position": self.position}
-
-
-def select(problems: Sequence[Problem], indices: Sequence[int]) -> list[Problem]:
-  return [problems[int(i)] for i in indices]

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import os
 
-from agpo_jax.tasks.benchmarks import Problem, gsm8k_final_answer, strip_math_instruction
+from agpo_jax.tasks.math_format import gsm8k_final_answer, math_problem
+from agpo_jax.tasks.problem import Problem
 
 QUESTION_FIELDS = ("problem", "question")
 ANSWER_FIELDS = ("answer", "solution")
@@ -66,13 +67,6 @@ def load_tfds_problems(source: str, data_dir: str | os.PathLike | None = None) -
     solution = None
     if "####" in answer:
       solution, answer = answer, gsm8k_final_answer(answer)
-    problems.append(
-        Problem(
-            id=f"{name}/{split}/{index}",
-            question=strip_math_instruction(_pick(record, QUESTION_FIELDS, source, index)),
-            answer=answer.strip(),
-            benchmark=name,
-            solution=solution,
-        )
-    )
+    question = _pick(record, QUESTION_FIELDS, source, index)
+    problems.append(math_problem(f"{name}/{split}/{index}", question, answer, name, solution))
   return problems
