@@ -1,7 +1,7 @@
 """The memory plan against real arrays, real compiled programs and a worked example by hand.
 
 Per-device parameter and optimizer-state bytes are compared with the shards of arrays placed
-with `parallel.param_shardings` (what `init_params_sharded` creates) and `TrainState.create`
+with `rules.param_shardings` (what `init_params_sharded` creates) and `TrainState.create`
 on 8 fake CPU devices, and the activation estimate with XLA's temp bytes of the sharded
 forward + backward under data parallelism and pure FSDP; those checks run in one subprocess
 (the device count must be set before JAX starts), started when this module's first test runs
@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 from agpo_jax import memory_plan as mp
+from agpo_jax.memory_plan import cli
 from agpo_jax import sampling
 from agpo_jax.configs import load_config_file
 from agpo_jax.models import transformer
@@ -49,25 +50,28 @@ DECODE_CFG = dataclasses.replace(XLA_CFG, vocab_size=512, max_seq_len=256)
 DECODE_SHAPE = (32, 256, 192)
 
 _SCRIPT = textwrap.dedent(r"""
+    import functools
     import json
     import jax
     import jax.numpy as jnp
-    from agpo_jax import parallel
+    from agpo_jax.sharding import rules
     from agpo_jax.models import transformer
     from agpo_jax.models.config import ModelConfig
-    from agpo_jax.train import step as train_step
+    from agpo_jax import defaults
+    from agpo_jax.train import rl_step
+    from agpo_jax.train import state as state_lib
 
     out = {"num_devices": jax.device_count()}
     for name, fields in %(models)r.items():
       cfg = ModelConfig(**fields)
       abstract = transformer.abstract_params(cfg)
       for shape in %(meshes)r:
-        mesh = parallel.make_mesh(dict(zip(parallel.MESH_AXES, shape)))
+        mesh = rules.make_mesh(dict(zip(rules.MESH_AXES, shape)))
         # Zeros placed as init_params_sharded places its random values (no init compile).
         params = jax.tree.map(lambda a, s: jax.device_put(jnp.zeros(a.shape, a.dtype), s),
-                              abstract, parallel.param_shardings(cfg, mesh))
-        tx = train_step.make_optimizer(train_step.optim_config(), 10)
-        state = train_step.TrainState.create(params, tx)
+                              abstract, rules.param_shardings(cfg, mesh))
+        tx = state_lib.make_optimizer(defaults.optim_config(), 10)
+        state = state_lib.TrainState.create(params, tx)
         dev0 = lambda tree: sum(x.addressable_shards[0].data.nbytes for x in jax.tree.leaves(tree))
         out[f"{name} {shape}"] = {"params": dev0(params), "opt_state": dev0(state.opt_state)}
 
@@ -75,15 +79,16 @@ _SCRIPT = textwrap.dedent(r"""
     # backward, jitted as the train step is: rows over data x fsdp, hidden states pinned.
     cfg = ModelConfig(**%(xla_cfg)r)
     rows, prompt, completion = %(act_shape)r
-    def loss(params, tokens, mask, positions):
-      logp, entropy = train_step.completion_logprobs(cfg, params, tokens, mask, positions,
-                                                     completion, 1.0, with_entropy=True)
+    def loss(rows_sharding, params, tokens, mask, positions):
+      logp, entropy = rl_step.completion_logprobs(cfg, params, tokens, mask, positions,
+                                                  completion, 1.0, with_entropy=True,
+                                                  rows_sharding=rows_sharding)
       return jnp.sum(logp) + jnp.sum(entropy)
     seq = jax.ShapeDtypeStruct((rows, prompt + completion), jnp.int32)
     for shape in %(act_meshes)r:
-      mesh = parallel.make_mesh(dict(zip(parallel.MESH_AXES, shape)))
-      by_row, ps = parallel.batch_sharding(mesh), parallel.param_shardings(cfg, mesh)
-      grad = jax.jit(train_step.rows_sharded(jax.grad(loss), by_row),
+      mesh = rules.make_mesh(dict(zip(rules.MESH_AXES, shape)))
+      by_row, ps = rules.batch_sharding(mesh), rules.param_shardings(cfg, mesh)
+      grad = jax.jit(jax.grad(functools.partial(loss, by_row)),
                      in_shardings=(ps, by_row, by_row, by_row), out_shardings=ps)
       compiled = grad.lower(transformer.abstract_params(cfg), seq, seq.update(dtype=bool),
                             seq).compile()
@@ -95,7 +100,7 @@ _SCRIPT = textwrap.dedent(r"""
     rows, cache_len, new = %(decode_shape)r
     rows *= 4  # 16 rows per device
     sp = sampling.SamplingParams(temperature=1.0, top_p=0.9, max_new_tokens=new)
-    mesh = parallel.make_mesh(dict(data=1, fsdp=8, tensor=1))
+    mesh = rules.make_mesh(dict(data=1, fsdp=8, tensor=1))
     _, decode = sampling.Sampler(cfg, 0, mesh=mesh)._sharded_fns(rows, 1, cache_len, sp)
     cache = jax.eval_shape(lambda: transformer.KVCache.zeros(cfg, rows, cache_len))
     compiled = decode.lower(transformer.abstract_params(cfg), cache,
@@ -271,8 +276,8 @@ def test_kv_cache_matches_the_cache_the_sampler_allocates(dtype):
   cache_len = sampling.bucket_length(max(map(len, prompts)), 8) + max_new
   tokens, mask = sampling.left_pad(prompts, cache_len - max_new, 0)
   params = transformer.abstract_params(cfg)
-  cache, _, _ = jax.eval_shape(functools.partial(sampling.prefill, cfg, group, cache_len),
-                               params, tokens, mask)
+  prefill = functools.partial(sampling.prefill, cfg, None, group, cache_len)  # one device
+  cache, _, _ = jax.eval_shape(prefill, params, tokens, mask)
   real = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(cache))
   plan = mp.plan_memory(cfg, ONE, prompt_len=10, response_len=max_new, rows_per_step=6,
                         num_samples=group)
@@ -327,7 +332,7 @@ def test_decode_updates_the_cache_in_place_as_the_plan_says():
   params = transformer.abstract_params(cfg)
   cache = jax.eval_shape(lambda: transformer.KVCache.zeros(cfg, rows, cache_len))
   sp = sampling.SamplingParams(temperature=1.0, top_p=0.9, max_new_tokens=new)
-  decode = jax.jit(functools.partial(sampling.decode, cfg), static_argnums=(0, 1),
+  decode = jax.jit(functools.partial(sampling.decode, cfg, None), static_argnums=(0, 1),
                    donate_argnums=(3,))
   analysis = decode.lower(sp, 0, params, cache, jax.ShapeDtypeStruct((rows, 512), jnp.float32),
                           jax.ShapeDtypeStruct((rows,), jnp.int32),
@@ -471,13 +476,13 @@ def test_rows_that_do_not_split_are_refused():
 
 
 def test_command_line(capsys):
-  assert mp.main(["--preset", "testbed", "--devices", "v4-16", "--prompt-len", "8",
-                  "--response-len", "8", "--batch-prompts", "16", "--num-samples", "2",
-                  "--num-minibatches", "1", "--mesh", "fsdp=-1", "--mesh", "tensor=2"]) == 0
+  assert cli.main(["--preset", "testbed", "--devices", "v4-16", "--prompt-len", "8",
+                   "--response-len", "8", "--batch-prompts", "16", "--num-samples", "2",
+                   "--num-minibatches", "1", "--mesh", "fsdp=-1", "--mesh", "tensor=2"]) == 0
   out = capsys.readouterr().out
   assert "8 x v4 (32 GiB each)" in out
   assert "fsdp=8" in out and "fsdp=4 tensor=2" in out and "fits with rollout_chunks=1" in out
-  assert mp.main(["--devices", "v4-64", "--mesh", "fsdp=-1", "--remat", "on"]) == 0
+  assert cli.main(["--devices", "v4-64", "--mesh", "fsdp=-1", "--remat", "on"]) == 0
   out = capsys.readouterr().out
   assert "fsdp=32" in out and "fits with rollout_chunks=4" in out
 
