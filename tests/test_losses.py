@@ -1,5 +1,6 @@
 """Policy loss: analytic gradients, exact micro-batching, clipping, regularisers, metrics."""
 
+import functools
 import math
 
 import jax
@@ -11,6 +12,10 @@ from agpo_jax.algorithms.advantages import compute_advantages
 from agpo_jax.algorithms.defaults import algo_config, loss_config
 from agpo_jax.algorithms.losses import (
   AGGREGATIONS,
+  Max,
+  Mean,
+  Min,
+  Sum,
   aggregate,
   combine_metrics,
   kl_penalty,
@@ -202,8 +207,9 @@ def test_policy_loss_jits():
   eager = _loss_terms(b["logits"], b, cfg, rows, 10)
   jitted = jax.jit(lambda logits: _loss_terms(logits, b, cfg, rows, 10))(b["logits"])
   np.testing.assert_allclose(jitted[:2], eager[:2], rtol=1e-5)
-  for key in eager[2]:
-    np.testing.assert_allclose(jitted[2][key], eager[2][key], rtol=1e-5, err_msg=key)
+  # Same metric types, names and static fields in and out of jit, and the same values.
+  assert jax.tree.structure(jitted[2]) == jax.tree.structure(eager[2])
+  jax.tree.map(lambda j, e: np.testing.assert_allclose(j, e, rtol=1e-5), jitted[2], eager[2])
 
 
 def test_aggregation_values():
@@ -266,13 +272,13 @@ def test_clip_counts_are_the_tokens_outside_the_range(eps_low, eps_high, below, 
   _, metrics, *_ = single_token_loss(
     RATIOS, advantages, loss_cfg(eps_low=eps_low, eps_high=eps_high)
   )
-  assert float(metrics["ratio_below_count"]) == below
-  assert float(metrics["ratio_above_count"]) == above
+  assert float(metrics["ratio_below_fraction"].total) == below
+  assert float(metrics["ratio_above_fraction"].total) == above
   outside_low = np.array(RATIOS) < 1 - eps_low
   outside_high = np.array(RATIOS) > 1 + eps_high
   negative = np.array(advantages) < 0
-  assert float(metrics["clipped_low_count"]) == (outside_low & negative).sum()
-  assert float(metrics["clipped_high_count"]) == (outside_high & ~negative).sum()
+  assert float(metrics["clipped_low_fraction"].total) == (outside_low & negative).sum()
+  assert float(metrics["clipped_high_fraction"].total) == (outside_high & ~negative).sum()
 
 
 def test_padding_is_not_counted():
@@ -280,12 +286,12 @@ def test_padding_is_not_counted():
   cfg = loss_cfg(entropy_coef=0.1, dual_clip_c=3.0)
   value, metrics, *_ = single_token_loss([2.0], [-1.0], cfg, entropy=[0.5])
   assert value == pytest.approx(2.0 - 0.05, rel=1e-6)
-  assert float(metrics["ratio_above_count"]) == 1.0 and float(
-    metrics["ratio_max"]
-  ) == pytest.approx(2.0)
-  assert float(metrics["token_count"]) == 1.0 and float(metrics["seq_count"]) == 1.0
-  assert float(metrics["entropy_sum"]) == pytest.approx(0.5)
-  assert float(metrics["dual_clipped_count"]) == 0.0
+  assert float(metrics["ratio_above_fraction"].total) == 1.0
+  assert float(metrics["ratio_max"].value) == pytest.approx(2.0)
+  assert float(metrics["ratio_min"].value) == pytest.approx(2.0)
+  assert float(metrics["token_count"].value) == 1.0 and float(metrics["seq_count"].value) == 1.0
+  assert float(metrics["entropy_mean"].total) == pytest.approx(0.5)
+  assert float(metrics["dual_clipped_fraction"].total) == 0.0
 
 
 def test_clipped_surrogate_values_and_gradients():
@@ -307,7 +313,7 @@ def test_dual_clip():
   value, metrics, grad, _, _ = single_token_loss(ratios, advantages, loss_cfg(dual_clip_c=3.0))
   assert plain == pytest.approx((5 - 1.2 + 4 + 0.8) / 4, rel=1e-6)
   assert value == pytest.approx((3 - 1.2 + 4 + 0.8) / 4, rel=1e-6)
-  assert float(metrics["dual_clipped_count"]) == 1.0
+  assert float(metrics["dual_clipped_fraction"].total) == 1.0
   np.testing.assert_allclose(grad, [0.0, 0.0, 4.0 / 4, 0.0], rtol=1e-5, atol=1e-7)
 
 
@@ -319,9 +325,9 @@ def test_truncated_importance_sampling():
   assert value == pytest.approx(-(2.0 + 0.5) / 2, rel=1e-6)
   np.testing.assert_allclose(grad, [-2.0 / 2, -0.5 / 2], rtol=1e-5)
   assert (sampler_grad == 0).all()  # the weight is a constant
-  assert float(metrics["tis_capped_count"]) == 1.0
-  assert float(metrics["tis_weight_sum"]) == pytest.approx(2.5, rel=1e-6)
-  assert float(metrics["sampler_logp_gap_sum"]) == pytest.approx(
+  assert float(metrics["tis_capped_fraction"].total) == 1.0
+  assert float(metrics["tis_weight_mean"].total) == pytest.approx(2.5, rel=1e-6)
+  assert float(metrics["sampler_logp_gap_mean"].total) == pytest.approx(
     math.log(3) + math.log(2), rel=1e-5
   )
   untruncated, *_ = single_token_loss([1.0, 1.0], [1.0, 1.0], loss_cfg(), sampler_ratios=[3.0, 0.5])
@@ -335,7 +341,7 @@ def test_entropy_bonus():
   # pg: (−1 + 0)/2; bonus: −0.1 · (0.7 + 0.3)/2.
   assert value == pytest.approx(-0.5 - 0.05, rel=1e-6)
   np.testing.assert_allclose(entropy_grad, [-0.05, -0.05], rtol=1e-6)
-  assert float(metrics["entropy_sum"]) == pytest.approx(1.0)
+  assert float(metrics["entropy_mean"].total) == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize(
@@ -357,7 +363,7 @@ def test_kl_estimators(estimator, expected):
     loss_cfg(kl_coef=0.5, kl_estimator=estimator),
   )
   assert float(total / denom) == pytest.approx(0.5 * expected, rel=1e-6)
-  assert float(metrics["kl_sum"]) == pytest.approx(expected, rel=1e-6)
+  assert float(metrics["kl_mean"].total) == pytest.approx(expected, rel=1e-6)
 
 
 def test_k3_is_accurate_for_close_policies():
@@ -370,16 +376,15 @@ def test_k3_is_accurate_for_close_policies():
 def test_no_reference_needed_without_kl():
   logp = jnp.zeros((1, 2))
   _, _, metrics = policy_loss(logp, logp, None, jnp.ones(1), jnp.ones((1, 2), bool), loss_cfg())
-  assert "kl_sum" not in metrics
+  assert "kl_mean" not in metrics and "kl_mean" not in summarize_metrics(metrics)
 
 
 def test_approx_kl_metric_is_k3_of_old_versus_current():
   value, metrics, *_ = single_token_loss([2.0, 0.5], [0.0, 0.0], loss_cfg())
   expected = (2.0 - 1 - math.log(2.0)) + (0.5 - 1 - math.log(0.5))
-  assert float(metrics["approx_kl_sum"]) == pytest.approx(expected, rel=1e-5)
-  assert float(metrics["ratio_min"]) == pytest.approx(0.5) and float(
-    metrics["ratio_max"]
-  ) == pytest.approx(2.0)
+  assert float(metrics["approx_kl_mean"].total) == pytest.approx(expected, rel=1e-5)
+  assert float(metrics["ratio_min"].value) == pytest.approx(0.5)
+  assert float(metrics["ratio_max"].value) == pytest.approx(2.0)
 
 
 # --- Token helpers.
@@ -453,6 +458,146 @@ def test_kl_penalty_and_aggregate_name_bad_values():
     aggregate(jnp.zeros((1, 1)), jnp.ones((1, 1), bool), "tokens", 1)
 
 
-def test_combine_metrics_rejects_mismatched_keys():
-  with pytest.raises(ValueError, match="kl_sum"):
-    combine_metrics({"token_count": 1.0}, {"token_count": 1.0, "kl_sum": 0.0})
+# --- Typed metrics: accumulation over micro-batches and the logged summary.
+
+# Two completions of two tokens (a third, padded position) and one dropped row, with
+# old log-prob log ½ everywhere; ρ = π_θ/π_old, s = π_old/π_sampler per token.
+WORKED_RATIOS = [[2.0, 0.5], [0.7, 4.0], [1.0, 1.0]]
+WORKED_SAMPLER_RATIOS = [[1.0, 3.0], [0.5, 1.0], [1.0, 1.0]]
+WORKED_ENTROPY = [[0.1, 0.2], [0.3, 0.4], [0.0, 0.0]]
+WORKED_ADVANTAGES = [1.0, -1.0, -1.0]
+WORKED_MASK = [[True, True, False], [True, True, False], [False, False, False]]
+WORKED_CFG = dict(dual_clip_c=3.0, tis_cap=2.0, kl_coef=0.1, kl_estimator="k1")
+# By hand, over the 4 unmasked tokens (ε = 0.2, c = 3, C = 2, π_ref = π_old):
+WORKED_SUMMARY = {
+  "sampler_logp_gap_mean": (0 + math.log(3) + math.log(2) + 0) / 4,  # |log s|
+  "tis_weight_mean": (1 + 2 + 0.5 + 1) / 4,  # min(s, C)
+  "tis_capped_fraction": 1 / 4,  # s = 3 > C
+  "kl_mean": math.log(2 * 0.5 * 0.7 * 4) / 4,  # k1 = log ρ
+  "entropy_mean": (0.1 + 0.2 + 0.3 + 0.4) / 4,
+  "ratio_below_fraction": 2 / 4,  # ρ = 0.5, 0.7 < 0.8
+  "ratio_above_fraction": 2 / 4,  # ρ = 2, 4 > 1.2
+  "clipped_low_fraction": 1 / 4,  # ρ = 0.7 with A < 0
+  "clipped_high_fraction": 1 / 4,  # ρ = 2 with A > 0
+  "dual_clipped_fraction": 1 / 4,  # ρ = 4 > c with A < 0
+  "approx_kl_mean": ((2 + 0.5 + 0.7 + 4) - 4 - math.log(2.8)) / 4,  # ρ − 1 − log ρ
+  "ratio_mean": (2 + 0.5 + 0.7 + 4) / 4,
+  "ratio_min": 0.5,
+  "ratio_max": 4.0,
+  # w · −min(ρA, clip(ρ)A), capped at −cA for A < 0: 1·−1.2, 2·−0.5, 0.5·0.8, 1·min(4, 3).
+  "pg_loss_mean": (-1.2 - 1.0 + 0.4 + 3.0) / 4,
+  "token_count": 4.0,
+  "seq_count": 2.0,
+}
+WORKED_TYPES = dict.fromkeys(WORKED_SUMMARY, Mean) | dict(
+  ratio_min=Min, ratio_max=Max, token_count=Sum, seq_count=Sum
+)
+
+
+def worked_example_metrics(rows):
+  """``policy_loss`` metrics of the rows ``rows`` of the worked example."""
+
+  def pad(values, fill):  # a third, masked position with an extreme value
+    return np.concatenate([np.asarray(values, np.float32)[rows], np.full((len(rows), 1), fill)], 1)
+
+  old_logp = jnp.full((len(rows), 3), math.log(0.5))
+  logp = old_logp + jnp.log(pad(WORKED_RATIOS, math.exp(60.0)))
+  _, _, metrics = policy_loss(
+    logp,
+    old_logp,
+    old_logp,
+    jnp.asarray(WORKED_ADVANTAGES)[rows],
+    jnp.asarray(WORKED_MASK)[rows],
+    loss_cfg(**WORKED_CFG),
+    sampler_logp=old_logp - jnp.log(pad(WORKED_SAMPLER_RATIOS, 1e-20)),
+    entropy=jnp.asarray(pad(WORKED_ENTROPY, 1e3)),
+  )
+  return metrics
+
+
+def assert_summaries_equal(got, expected):
+  assert got.keys() == expected.keys()  # jit, scan and tree.map sort the keys
+  for key in expected:
+    np.testing.assert_allclose(got[key], expected[key], rtol=1e-6, err_msg=key)
+
+
+def test_summary_of_a_worked_example():
+  metrics = worked_example_metrics(np.arange(3))
+  assert {key: type(metric) for key, metric in metrics.items()} == WORKED_TYPES
+  assert all(metric.over == "token_count" for metric in metrics.values() if type(metric) is Mean)
+  summary = summarize_metrics(metrics)
+  assert summary.keys() == WORKED_SUMMARY.keys()
+  for key, expected in WORKED_SUMMARY.items():
+    assert float(summary[key]) == pytest.approx(expected, rel=1e-5), key
+
+
+@pytest.mark.parametrize(
+  "split",
+  [
+    [[0], [1, 2]],  # the min in one micro-batch, the max in the other
+    [[2], [1], [0]],  # an empty micro-batch first: inf / −inf / 0 identities
+    [[1, 0], [2]],
+  ],
+)
+def test_combined_micro_batches_summarize_to_the_full_batch(split):
+  full = summarize_metrics(worked_example_metrics(np.arange(3)))
+  parts = [worked_example_metrics(np.asarray(rows)) for rows in split]
+  combined = functools.reduce(combine_metrics, parts)
+  assert {key: type(metric) for key, metric in combined.items()} == WORKED_TYPES
+  assert list(combined) == list(parts[0])  # eager combining keeps the order
+  assert_summaries_equal(summarize_metrics(combined), full)
+  for key, expected in WORKED_SUMMARY.items():
+    assert float(full[key]) == pytest.approx(expected, rel=1e-5), key
+
+
+def test_metrics_are_a_scan_carry_and_index_like_arrays():
+  # As in train.step: combine in a lax.scan over stacked micro-batches, then index updates
+  # with tree.map and reduce them.
+  parts = [worked_example_metrics(np.asarray([row])) for row in (2, 0, 1)]
+  stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *parts)
+  assert isinstance(stacked["ratio_min"], Min) and stacked["ratio_min"].value.shape == (3,)
+
+  @jax.jit
+  def scan_combine(stacked):
+    first = jax.tree.map(lambda x: x[0], stacked)
+    rest = jax.tree.map(lambda x: x[1:], stacked)
+    totals, _ = jax.lax.scan(lambda c, m: (combine_metrics(c, m), None), first, rest)
+    return totals, summarize_metrics(totals)
+
+  totals, summary = scan_combine(stacked)
+  assert jax.tree.structure(totals) == jax.tree.structure(parts[0])
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(totals))
+  full = summarize_metrics(worked_example_metrics(np.arange(3)))
+  assert_summaries_equal(summary, full)
+  indexed = [jax.tree.map(lambda x, i=i: x[i], stacked) for i in range(3)]
+  assert_summaries_equal(summarize_metrics(functools.reduce(combine_metrics, indexed)), full)
+
+
+def test_means_divide_by_their_named_denominator():
+  metrics = {
+    "token_count": Sum(jnp.float32(8.0)),
+    "seq_count": Sum(jnp.float32(2.0)),
+    "reward_mean": Mean(jnp.float32(3.0), over="seq_count"),
+    "empty_mean": Mean(jnp.float32(0.0), over="empty_count"),
+    "empty_count": Sum(jnp.float32(0.0)),  # an empty batch reports 0, not 0/0
+    "x_mean": Mean(jnp.float32(4.0)),
+  }
+  combined = combine_metrics(metrics, metrics)
+  assert combined["reward_mean"].over == "seq_count"
+  assert_summaries_equal(
+    summarize_metrics(combined),
+    dict(token_count=16.0, seq_count=4.0, reward_mean=1.5, empty_mean=0.0, empty_count=0.0,
+         x_mean=0.5),
+  )
+
+
+def test_combine_metrics_rejects_mismatched_metrics():
+  count = Sum(jnp.float32(1.0))
+  with pytest.raises(ValueError, match="kl_mean"):
+    combine_metrics({"token_count": count}, {"token_count": count, "kl_mean": Mean(0.0)})
+  with pytest.raises(TypeError, match="Min.*Max"):
+    combine_metrics({"ratio_min": Min(1.0)}, {"ratio_min": Max(1.0)})
+  with pytest.raises(ValueError, match="'token_count'.*'seq_count'"):
+    combine_metrics({"x": Mean(1.0)}, {"x": Mean(1.0, over="seq_count")})
+  with pytest.raises(TypeError, match="Metric"):
+    combine_metrics({"token_count": 1.0}, {"token_count": 1.0})

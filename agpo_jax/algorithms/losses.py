@@ -18,22 +18,130 @@ sequences:
 N counts the sequences with at least one unmasked token, so dropped completions (PSR/NSR,
 overlong filtering) and padding rows are in neither the numerator nor the denominator.
 
-Metrics accumulate over micro-batches by key suffix (``combine_metrics``): ``*_sum`` and
-``*_count`` add, ``*_min`` / ``*_max`` take the min / max. ``summarize_metrics`` then turns
-each ``x_sum`` into ``x_mean`` and each ``x_count`` into ``x_fraction``, both over
-``token_count`` (the unmasked tokens), and keeps ``token_count``, ``seq_count`` and the
-min / max as they are.
+Metrics are typed: ``policy_loss`` returns a dict from each logged name to a ``Metric`` leaf
+that says how it accumulates over micro-batches and how it is reported:
+
+| type                | combine (micro-batches) | summarize                                      |
+|---------------------|-------------------------|------------------------------------------------|
+| ``Sum(value)``      | add                     | the total (``token_count``, ``seq_count``)     |
+| ``Mean(total, over)`` | add                   | ``total / max(metrics[over], 1)``, ``over`` a  |
+|                     |                         | ``Sum`` (``token_count`` unless told)          |
+| ``Min(value)``      | minimum                 | the minimum                                    |
+| ``Max(value)``      | maximum                 | the maximum                                    |
+
+A fraction is a ``Mean`` of 0/1 flags. ``combine_metrics`` maps each leaf's ``combine`` over
+two micro-batches' dicts, and ``summarize_metrics`` finalises each leaf to a scalar under the
+same name. The leaves hold plain arrays, so the dicts are pytrees that pass through ``jit``,
+``scan`` carries and ``jax.tree.map``.
 """
+
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+from flax import struct
 
 Config = ml_collections.ConfigDict
 
 AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm")
 KL_ESTIMATORS = ("k1", "k2", "k3")
-_NORMALISERS = ("token_count", "seq_count")
+TOKEN_COUNT = "token_count"
+
+
+class Metric(struct.PyTreeNode):
+  """A policy-loss metric: how it accumulates over micro-batches and how it is reported."""
+
+  def combine(self, other: "Metric") -> "Metric":
+    """This metric over two disjoint micro-batches, ``self``'s and ``other``'s."""
+    raise NotImplementedError
+
+  def finalize(self, metrics: Mapping[str, "Metric"]) -> jax.Array:
+    """The reported scalar; ``metrics`` holds the metrics it may be normalised by."""
+    raise NotImplementedError
+
+  def _check_kind(self, other: "Metric") -> None:
+    if type(other) is not type(self):
+      raise TypeError(f"Cannot combine {type(self).__name__} with {type(other).__name__}")
+
+
+class Sum(Metric):
+  """A total (e.g. of tokens): added over micro-batches, reported as is.
+
+  Attributes:
+    value: the total.
+  """
+
+  value: jax.Array
+
+  def combine(self, other: "Sum") -> "Sum":
+    self._check_kind(other)
+    return Sum(self.value + other.value)
+
+  def finalize(self, metrics: Mapping[str, Metric]) -> jax.Array:
+    del metrics
+    return self.value
+
+
+class Mean(Metric):
+  """An average: the total is added over micro-batches, then divided by another metric.
+
+  Attributes:
+    total: the sum of the averaged quantity (of 0/1 flags for a fraction).
+    over: the name of the ``Sum`` metric to divide by, clamped to at least 1 so an empty
+      batch reports 0; ``token_count`` (the unmasked tokens) unless told.
+  """
+
+  total: jax.Array
+  over: str = struct.field(pytree_node=False, default=TOKEN_COUNT)
+
+  def combine(self, other: "Mean") -> "Mean":
+    self._check_kind(other)
+    if other.over != self.over:
+      raise ValueError(f"Cannot combine means over {self.over!r} and {other.over!r}")
+    return self.replace(total=self.total + other.total)
+
+  def finalize(self, metrics: Mapping[str, Metric]) -> jax.Array:
+    return self.total / jnp.maximum(metrics[self.over].finalize(metrics), 1.0)
+
+
+class Min(Metric):
+  """A minimum over tokens (``+inf`` when there are none).
+
+  Attributes:
+    value: the minimum.
+  """
+
+  value: jax.Array
+
+  def combine(self, other: "Min") -> "Min":
+    self._check_kind(other)
+    return Min(jnp.minimum(self.value, other.value))
+
+  def finalize(self, metrics: Mapping[str, Metric]) -> jax.Array:
+    del metrics
+    return self.value
+
+
+class Max(Metric):
+  """A maximum over tokens (``-inf`` when there are none).
+
+  Attributes:
+    value: the maximum.
+  """
+
+  value: jax.Array
+
+  def combine(self, other: "Max") -> "Max":
+    self._check_kind(other)
+    return Max(jnp.maximum(self.value, other.value))
+
+  def finalize(self, metrics: Mapping[str, Metric]) -> jax.Array:
+    del metrics
+    return self.value
+
+
+Metrics = dict[str, Metric]
 
 
 def token_logprobs(logits: jax.Array, targets: jax.Array) -> jax.Array:
@@ -117,7 +225,7 @@ def policy_loss(
   sampler_logp: jax.Array | None = None,
   entropy: jax.Array | None = None,
   max_len: int | None = None,
-) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
+) -> tuple[jax.Array, jax.Array, Metrics]:
   """Clipped surrogate + KL + entropy bonus, aggregated as ``(loss_sum, denominator)``.
 
   Per token, with ``ρ = exp(logp − old_logp)``:
@@ -146,7 +254,8 @@ def policy_loss(
     max_len: ``L_max`` for ``seq_mean_token_sum_norm``; defaults to ``seq``. It must be the
       same for every micro-batch.
   Returns:
-    ``(loss_sum, denominator, metrics)``; see the module docstring for accumulation.
+    ``(loss_sum, denominator, metrics)``, metrics a dict of ``Metric`` leaves keyed by the
+    name they are logged under (see the module docstring).
   """
   _check_config(cfg)
   if cfg.kl_coef and ref_logp is None:
@@ -168,16 +277,17 @@ def policy_loss(
   if cfg.dual_clip_c:
     pg_loss = jnp.where(adv < 0, jnp.minimum(pg_loss, -cfg.dual_clip_c * adv), pg_loss)
 
+  masked_sum = lambda x: jnp.sum(jnp.where(mask, x, 0.0))  # noqa: E731
   metrics = {}
   if sampler_logp is not None:
     sampler_gap = jnp.where(mask, old_logp - sampler_logp.astype(jnp.float32), 0.0)
-    metrics["sampler_logp_gap_sum"] = jnp.sum(jnp.abs(sampler_gap))
+    metrics["sampler_logp_gap_mean"] = Mean(jnp.sum(jnp.abs(sampler_gap)))
   if cfg.tis_cap:
     tis_weight = jax.lax.stop_gradient(jnp.minimum(jnp.exp(sampler_gap), cfg.tis_cap))
     pg_loss = tis_weight * pg_loss
-    metrics["tis_weight_sum"] = jnp.sum(jnp.where(mask, tis_weight, 0.0))
-    metrics["tis_capped_count"] = jnp.sum(
-      mask & (jnp.exp(sampler_gap) > cfg.tis_cap), dtype=jnp.float32
+    metrics["tis_weight_mean"] = Mean(masked_sum(tis_weight))
+    metrics["tis_capped_fraction"] = Mean(
+      jnp.sum(mask & (jnp.exp(sampler_gap) > cfg.tis_cap), dtype=jnp.float32)
     )
 
   token_loss = pg_loss
@@ -185,76 +295,77 @@ def policy_loss(
     # Masked like the ratio: padding log-probs must not overflow exp() in k3.
     kl = kl_penalty(jnp.where(mask, logp, 0.0), jnp.where(mask, ref_logp, 0.0), cfg.kl_estimator)
     token_loss = token_loss + cfg.kl_coef * kl
-    metrics["kl_sum"] = jnp.sum(jnp.where(mask, kl, 0.0))
+    metrics["kl_mean"] = Mean(masked_sum(kl))
   if entropy is not None:
     entropy = entropy.astype(jnp.float32)
-    metrics["entropy_sum"] = jnp.sum(jnp.where(mask, entropy, 0.0))
+    metrics["entropy_mean"] = Mean(masked_sum(entropy))
     if cfg.entropy_coef:
       token_loss = token_loss - cfg.entropy_coef * entropy
 
   max_len = logp.shape[-1] if max_len is None else max_len
   loss_sum, denominator = aggregate(token_loss, mask, cfg.aggregation, max_len)
   metrics.update(_ratio_metrics(ratio, log_ratio, adv, mask, cfg))
-  metrics["pg_loss_sum"] = jnp.sum(jnp.where(mask, pg_loss, 0.0))
-  metrics["token_count"] = jnp.sum(mask, dtype=jnp.float32)
-  metrics["seq_count"] = jnp.sum(jnp.any(mask, axis=-1), dtype=jnp.float32)
+  metrics["pg_loss_mean"] = Mean(masked_sum(pg_loss))
+  metrics[TOKEN_COUNT] = Sum(jnp.sum(mask, dtype=jnp.float32))
+  metrics["seq_count"] = Sum(jnp.sum(jnp.any(mask, axis=-1), dtype=jnp.float32))
   return loss_sum, denominator, metrics
 
 
 def _ratio_metrics(
   ratio: jax.Array, log_ratio: jax.Array, adv: jax.Array, mask: jax.Array, cfg: Config
-) -> dict[str, jax.Array]:
-  """Ratio and clipping diagnostics (no gradient).
+) -> Metrics:
+  """Ratio and clipping diagnostics (no gradient); the fractions are over unmasked tokens.
 
-  * ``ratio_below_count`` / ``ratio_above_count``: tokens with ρ < 1 − ε_low / ρ > 1 + ε_high.
-  * ``clipped_low_count``: A < 0 and ρ < 1 − ε_low; ``clipped_high_count``: A > 0 and
+  * ``ratio_below_fraction`` / ``ratio_above_fraction``: ρ < 1 − ε_low / ρ > 1 + ε_high.
+  * ``clipped_low_fraction``: A < 0 and ρ < 1 − ε_low; ``clipped_high_fraction``: A > 0 and
     ρ > 1 + ε_high. Exactly the tokens where the clipped branch wins the min, so their
     gradient is zero.
-  * ``dual_clipped_count``: A < 0 and ρ > c, where the dual clip caps the loss.
-  * ``approx_kl_sum``: k3 estimate of KL(π_old ‖ π_θ) from the batch, ρ − 1 − log ρ.
+  * ``dual_clipped_fraction``: A < 0 and ρ > c, where the dual clip caps the loss.
+  * ``approx_kl_mean``: k3 estimate of KL(π_old ‖ π_θ) from the batch, ρ − 1 − log ρ.
   """
   ratio, log_ratio = jax.lax.stop_gradient(ratio), jax.lax.stop_gradient(log_ratio)
   below = mask & (ratio < 1.0 - cfg.eps_low)
   above = mask & (ratio > 1.0 + cfg.eps_high)
   dual = mask & (adv < 0) & (ratio > cfg.dual_clip_c) if cfg.dual_clip_c else jnp.zeros_like(mask)
-  count = lambda flags: jnp.sum(flags, dtype=jnp.float32)  # noqa: E731
+  fraction = lambda flags: Mean(jnp.sum(flags, dtype=jnp.float32))  # noqa: E731
   return {
-    "ratio_below_count": count(below),
-    "ratio_above_count": count(above),
-    "clipped_low_count": count(below & (adv < 0)),
-    "clipped_high_count": count(above & (adv > 0)),
-    "dual_clipped_count": count(dual),
-    "approx_kl_sum": jnp.sum(jnp.where(mask, jnp.expm1(log_ratio) - log_ratio, 0.0)),
-    "ratio_sum": jnp.sum(jnp.where(mask, ratio, 0.0)),
-    "ratio_min": jnp.min(jnp.where(mask, ratio, jnp.inf)),
-    "ratio_max": jnp.max(jnp.where(mask, ratio, -jnp.inf)),
+    "ratio_below_fraction": fraction(below),
+    "ratio_above_fraction": fraction(above),
+    "clipped_low_fraction": fraction(below & (adv < 0)),
+    "clipped_high_fraction": fraction(above & (adv > 0)),
+    "dual_clipped_fraction": fraction(dual),
+    "approx_kl_mean": Mean(jnp.sum(jnp.where(mask, jnp.expm1(log_ratio) - log_ratio, 0.0))),
+    "ratio_mean": Mean(jnp.sum(jnp.where(mask, ratio, 0.0))),
+    "ratio_min": Min(jnp.min(jnp.where(mask, ratio, jnp.inf))),
+    "ratio_max": Max(jnp.max(jnp.where(mask, ratio, -jnp.inf))),
   }
 
 
-def combine_metrics(a: dict[str, jax.Array], b: dict[str, jax.Array]) -> dict[str, jax.Array]:
-  """Accumulates two micro-batches' ``policy_loss`` metrics (min / max by suffix, else sum)."""
+def _is_metric(x) -> bool:
+  return isinstance(x, Metric)
+
+
+def combine_metrics(a: Metrics, b: Metrics) -> Metrics:
+  """Accumulates two micro-batches' ``policy_loss`` metrics, each leaf by its ``combine``.
+
+  The result has the structure and dtypes of ``a``, so it can be a ``lax.scan`` carry.
+
+  Raises:
+    ValueError: if the two hold different metric names.
+    TypeError: if a name holds different metric types, or a leaf is not a ``Metric``.
+  """
   if a.keys() != b.keys():
     raise ValueError(f"Metric keys differ: {sorted(a.keys() ^ b.keys())}")
 
-  def merge(key: str) -> jax.Array:
-    if key.endswith("_min"):
-      return jnp.minimum(a[key], b[key])
-    if key.endswith("_max"):
-      return jnp.maximum(a[key], b[key])
-    return a[key] + b[key]
+  def combine(x, y):
+    if not _is_metric(x):
+      raise TypeError(f"Expected Metric leaves, got {type(x).__name__}")
+    return x.combine(y)
 
-  return {key: merge(key) for key in a}
+  combined = jax.tree.map(combine, a, b, is_leaf=_is_metric)
+  return {key: combined[key] for key in a}  # tree.map sorts the keys; keep ``a``'s order
 
 
-def summarize_metrics(metrics: dict[str, jax.Array]) -> dict[str, jax.Array]:
-  """Accumulated metrics -> means and fractions over unmasked tokens (see module docstring)."""
-  tokens = jnp.maximum(metrics["token_count"], 1.0)
-  summary = {}
-  for key, value in metrics.items():
-    if key in _NORMALISERS or not key.endswith(("_sum", "_count")):
-      summary[key] = value
-    elif key.endswith("_sum"):
-      summary[key.removesuffix("_sum") + "_mean"] = value / tokens
-    else:
-      summary[key.removesuffix("_count") + "_fraction"] = value / tokens
-  return summary
+def summarize_metrics(metrics: Metrics) -> dict[str, jax.Array]:
+  """Accumulated metrics -> one scalar per name: totals, means, fractions, min / max."""
+  return {key: metric.finalize(metrics) for key, metric in metrics.items()}
