@@ -17,6 +17,7 @@ from typing import Any
 
 from ml_collections import config_dict
 
+
 class ConfigError(ValueError):
   """A config value is invalid; the message names the key."""
 
@@ -89,3 +90,21 @@ def require_choice(cfg: Any, key: str, choices: Iterable[str]) -> str:
   if value not in choices:
     raise ConfigError(f"config.{key}={value!r} is not one of {choices}")
   return value
+
+
+def override_keys(argv: Iterable[str]) -> set[str]:
+  """The dotted keys (without `config.`) that `--config.x.y=v` flags in `argv` set."""
+  return {m.group(1) for m in map(_OVERRIDE.match, argv) if m}
+
+
+def resolve_presets(cfg: config_dict.ConfigDict, explicit: Iterable[str] = ()) -> None:
+  """Write the recipe named by `config.algo.preset` (if any) into `cfg`, in place; keys in
+  `explicit` (set on the command line) keep their values."""
+  from agpo_jax.algorithms.defaults import _PRESETS, apply_preset
+
+  name = cfg.algo.get("preset", "") if "algo" in cfg else ""
+  if not name:
+    return
+  if name not in _PRESETS:
+    raise ConfigError(f"config.algo.preset={name!r} is not one of {tuple(sorted(_PRESETS))}")
+  apply_preset(cfg, name, keep=set(explicit))

@@ -8,27 +8,36 @@ from __future__ import annotations
 
 import copy
 import json
+import logging as pylogging
 import pathlib
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import jax
 from absl import app, flags, logging
 from ml_collections import config_dict, config_flags
 
-from agpo_jax import configs, memory_plan, parallel, sampling, verifiers
+from agpo_jax import configs, memory_plan, sampling
 from agpo_jax.evaluation.evaluate import eval_splits, evaluate
 from agpo_jax.models.config import resolve_model_config
+from agpo_jax.sharding import multihost, rules
 from agpo_jax.tasks import encode_prompt, make_task
 from agpo_jax.tokenizers import load_tokenizer
 from agpo_jax.train.rl import restore_rl_params, train_rl
 from agpo_jax.train.sft import train_sft
-from agpo_jax.verifiers.inline import InlineVerifier
+from agpo_jax.verifiers import make_verifier
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to a config file (configs/*.py).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
+
+
+def _report(text: str) -> None:
+  """What a run tells its user on standard output (process 0 only): the mesh, the memory
+  plan, samples, result tables. Diagnostics go through absl logging instead."""
+  if jax.process_index() == 0:
+    print(text, flush=True)
 
 
 def _setup(config: config_dict.ConfigDict):
@@ -37,9 +46,8 @@ def _setup(config: config_dict.ConfigDict):
   tokenizer = load_tokenizer(config.tokenizer)
   model_cfg = resolve_model_config(config.model, tokenizer.vocab_size)
   task = make_task(config.task)
-  mesh = parallel.make_mesh(config.mesh if "mesh" in config else parallel.mesh_config())
-  if jax.process_index() == 0:
-    print(f"mesh {dict(mesh.shape)} over {jax.device_count()} {jax.devices()[0].platform} "
+  mesh = rules.make_mesh(config.mesh)
+  _report(f"mesh {dict(mesh.shape)} over {jax.device_count()} {jax.devices()[0].platform} "
           f"device(s) in {jax.process_count()} process(es)")
   check_memory(config, mesh, tokenizer, task)
   return tokenizer, model_cfg, task, mesh
@@ -62,26 +70,18 @@ def check_memory(config: config_dict.ConfigDict, mesh: jax.sharding.Mesh, tokeni
   plan = memory_plan.plan_from_config(config, dict(mesh.shape), prompt_len=prompt_len,
                                       tokenizer_vocab_size=tokenizer.vocab_size)
   if config.mode in ("pipeline", "evaluate"):  # evaluation calls hold their own caches
-    dp = parallel.data_parallel_size(mesh)
+    dp = rules.data_parallel_size(mesh)
     eval_rows = (-(-config.eval.batch_prompts // dp) * dp
                  * min(config.eval.samples_per_call, config.eval.n))
     if eval_rows > plan.sample_rows:
       plan = plan.replan(sample_rows=eval_rows)
-  memory = config.get("memory", config_dict.ConfigDict(dict(check=True, device_gib=0.0)))
+  memory = config.memory
   device_bytes = (int(memory.device_gib * 2**30) if memory.device_gib > 0
                   else device_memory_bytes())
-  if jax.process_index() == 0:
-    print(plan.format(device_bytes))
+  _report(plan.format(device_bytes))
   if device_bytes and memory.check:
     memory_plan.check_fits(plan, device_bytes)
   return plan
-
-
-def make_verifier(config: config_dict.ConfigDict):
-  """String references are graded in-process; math goes to the isolated worker pool."""
-  if config.verifier.kind in InlineVerifier.kinds:
-    return InlineVerifier(config.verifier.kind, config.verifier.max_answer_chars)
-  return verifiers.make_verifier(config.verifier)
 
 
 def _counts_path(config: config_dict.ConfigDict, workdir: pathlib.Path, label: str):
@@ -120,32 +120,27 @@ def run_sample(config: config_dict.ConfigDict, workdir: pathlib.Path) -> dict:
   tokenizer, model_cfg, task, mesh = _setup(config)
   rng = jax.random.key(config.seed, impl=config.prng_impl)
   params, _ = _initial_params(config, workdir, model_cfg, tokenizer, task, mesh)
-  sampler = sampling.Sampler(model_cfg, tokenizer.pad_id, config.sampling.min_prompt_bucket,
-                             mesh)
-  sp = sampling.sampling_params(config.sampling, tokenizer.stop_ids, tokenizer.vocab_size)
+  sampler = sampling.Sampler.from_config(config, model_cfg, tokenizer, mesh)
   texts = list(config.sample.prompts)
-  padded, real = parallel.pad_to_multiple(texts, parallel.data_parallel_size(mesh))
+  padded, real = multihost.pad_to_multiple(texts, rules.data_parallel_size(mesh))
   prompts = [tokenizer.encode(p, add_bos=True)
-             for p in padded[parallel.process_rows(len(padded), mesh)]]
+             for p in padded[multihost.process_rows(len(padded), mesh)]]
   num = config.sample.num_samples
-  rollout = sampler.generate(params, prompts, num, jax.random.fold_in(rng, 1), sp)
+  rollout = sampler.generate(params, prompts, num, jax.random.fold_in(rng, 1))
   start = time.perf_counter()  # the first call included compilation
-  rollout = sampler.generate(params, prompts, num, jax.random.fold_in(rng, 2), sp)
+  rollout = sampler.generate(params, prompts, num, jax.random.fold_in(rng, 2))
   seconds = time.perf_counter() - start
   # Every process's rows, padding dropped.
-  out = rollout.replace(**{name: parallel.allgather_rows(getattr(rollout, name))[:real * num]
+  out = rollout.replace(**{name: multihost.allgather_rows(getattr(rollout, name))[:real * num]
                            for name in ("tokens", "logprobs", "lengths", "truncated",
                                         "prompt_tokens", "prompt_mask")})
   tokens = int(out.lengths.sum())
-  if jax.process_index() == 0:
-    print(f"model: {model_cfg.num_params:,} parameters, {real} prompts "
-          f"x {num} samples, {tokens} tokens in {seconds * 1e3:.1f} ms "
-          f"({tokens / seconds:,.0f} tokens/s)")
-    for row in range(real * num):
-      n = int(out.lengths[row])
-      text = tokenizer.decode(out.tokens[row, :n])
-      flag = " [truncated]" if bool(out.truncated[row]) else ""
-      print(f"  {texts[row // num]!r} -> {text!r}{flag}")
+  lines = [f"model: {model_cfg.num_params:,} parameters, {real} prompts x {num} samples, "
+           f"{tokens} tokens in {seconds * 1e3:.1f} ms ({tokens / seconds:,.0f} tokens/s)"]
+  for row, text in enumerate(sampling.decode_completions(tokenizer, out)):
+    flag = " [truncated]" if bool(out.truncated[row]) else ""
+    lines.append(f"  {texts[row // num]!r} -> {text!r}{flag}")
+  _report("\n".join(lines))
   return {"tokens_per_second": tokens / seconds, "rollout": out}
 
 
@@ -156,7 +151,7 @@ def _initial_params(config, workdir, model_cfg, tokenizer, task, mesh):
     return train_sft(config, workdir / "sft", model_cfg, tokenizer, task.split("train"),
                      mesh=mesh), "sft"
   rng = jax.random.key(config.seed, impl=config.prng_impl)
-  return parallel.init_params_sharded(model_cfg, rng, mesh), "init"
+  return rules.init_params_sharded(model_cfg, rng, mesh), "init"
 
 
 def run_sft(config: config_dict.ConfigDict, workdir: pathlib.Path) -> dict:
@@ -171,13 +166,12 @@ def run_rl(config: config_dict.ConfigDict, workdir: pathlib.Path) -> dict:
   config = _first_split(config)
   tokenizer, model_cfg, task, mesh = _setup(config)
   params, _ = _initial_params(config, workdir, model_cfg, tokenizer, task, mesh)
-  sampler = sampling.Sampler(model_cfg, tokenizer.pad_id, config.sampling.min_prompt_bucket,
-                             mesh)
-  with make_verifier(config) as verifier:
+  sampler = sampling.Sampler.from_config(config, model_cfg, tokenizer, mesh)
+  with make_verifier(config.verifier) as verifier:
     periodic = _periodic_evaluator(config, sampler, tokenizer, task.split(config.eval.split),
                                    verifier)
     result = train_rl(config, workdir / "rl", model_cfg, tokenizer, task.split("train"),
-                      verifier, params, periodic, mesh)
+                      verifier, params, periodic, mesh, sampler)
   return {"params": result.params, "interrupted": result.interrupted}
 
 
@@ -190,20 +184,17 @@ def run_evaluate(config: config_dict.ConfigDict, workdir: pathlib.Path) -> dict:
   if trained is not None:
     params, step = trained
     label = f"{config.algo.name}-step{step}"
-  sampler = sampling.Sampler(model_cfg, tokenizer.pad_id, config.sampling.min_prompt_bucket,
-                             mesh)
+  sampler = sampling.Sampler.from_config(config, model_cfg, tokenizer, mesh)
   summaries = {}
-  with make_verifier(config) as verifier:
+  with make_verifier(config.verifier) as verifier:
     for split in eval_splits(config):
       one = copy.deepcopy(config)
       one.eval.split = split
       _, summaries[split] = evaluate(one, params, sampler, tokenizer, task.split(split),
                                      verifier, _counts_path(one, workdir, label),
                                      f"eval {label} on {split}")
-  if jax.process_index() == 0:
-    for split, summary in summaries.items():
-      print(f"\n{split} ({summary['num_problems']} problems, n = {summary['n']}):\n"
-            + format_pass_table({label: summary}))
+  _report("".join(f"\n{split} ({summary['num_problems']} problems, n = {summary['n']}):\n"
+                  + format_pass_table({label: summary}) for split, summary in summaries.items()))
   return {"summaries": summaries, "summary": next(iter(summaries.values())), "label": label}
 
 
@@ -215,18 +206,17 @@ def run_pipeline(config: config_dict.ConfigDict, workdir: pathlib.Path) -> dict:
   started = time.perf_counter()
   base = train_sft(config, workdir / "sft", model_cfg, tokenizer, task.split("train"),
                    mesh=mesh)
-  sampler = sampling.Sampler(model_cfg, tokenizer.pad_id, config.sampling.min_prompt_bucket,
-                             mesh)
+  sampler = sampling.Sampler.from_config(config, model_cfg, tokenizer, mesh)
   heldout = task.split(config.eval.split)
   summaries = {}
-  with make_verifier(config) as verifier:
+  with make_verifier(config.verifier) as verifier:
     _, summaries["base"] = evaluate(config, base, sampler, tokenizer, heldout, verifier,
                                     _counts_path(config, workdir, "base"), "eval base")
     params = base
     if config.train.steps:  # train.steps=0: warm start and base evaluation only
       periodic = _periodic_evaluator(config, sampler, tokenizer, heldout, verifier)
       result = train_rl(config, workdir / "rl", model_cfg, tokenizer, task.split("train"),
-                        verifier, base, periodic, mesh)
+                        verifier, base, periodic, mesh, sampler)
       if result.interrupted:
         return {"interrupted": True}
       params, label = result.params, f"{config.algo.name}-step{result.steps_done}"
@@ -236,9 +226,10 @@ def run_pipeline(config: config_dict.ConfigDict, workdir: pathlib.Path) -> dict:
   seconds = time.perf_counter() - started
   if jax.process_index() != 0:
     return {"summaries": summaries, "params": params}
-  print(f"\npass@k on {len(heldout) if not config.eval.max_problems else config.eval.max_problems}"
-        f" held-out problems, n = {config.eval.n}, temperature {config.eval.temperature}, "
-        f"top-p {config.eval.top_p} ({seconds:.0f} s this run):\n{table}")
+  num_problems = config.eval.max_problems or len(heldout)
+  _report(f"\npass@k on {num_problems} held-out problems, n = {config.eval.n}, temperature "
+          f"{config.eval.temperature}, top-p {config.eval.top_p} ({seconds:.0f} s this run):\n"
+          f"{table}")
   (workdir / "results.json").write_text(json.dumps(summaries, indent=2, default=float) + "\n")
   (workdir / "results.md").write_text(table + "\n")
   return {"summaries": summaries, "params": params}
@@ -264,11 +255,16 @@ MODES: dict[str, Callable[[config_dict.ConfigDict, pathlib.Path], dict]] = {
 }
 
 
-def run(config: config_dict.ConfigDict, workdir: str | pathlib.Path) -> dict:
-  """Run the mode named by `config.mode` in `workdir`; returns its results."""
+def run(config: config_dict.ConfigDict, workdir: str | pathlib.Path,
+        explicit_keys: Sequence[str] = ()) -> dict:
+  """Run the mode named by `config.mode` in `workdir`; returns its results.
+
+  `config.algo.preset` is written into the config first, except the keys in `explicit_keys`
+  (the command line's overrides win over a preset)."""
   mode = configs.require_choice(config, "mode", MODES)
+  configs.resolve_presets(config, explicit_keys)
   if "distributed" in config:  # first: nothing may touch a device before it
-    parallel.initialize_distributed(config.distributed)
+    multihost.initialize_distributed(config.distributed)
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   if jax.process_index() == 0:
@@ -289,15 +285,31 @@ def _parse_flags(argv: list[str]) -> list[str]:
   return flags.FLAGS(argv)
 
 
+class _OwnInfoOnly(pylogging.Filter):
+  """Lets INFO records through only from agpo_jax's own modules: orbax and JAX log through
+  absl too, and their INFO lines would drown the run's."""
+
+  def filter(self, record: pylogging.LogRecord) -> bool:
+    return record.levelno >= pylogging.WARNING or _PACKAGE_DIR in record.pathname
+
+
+_PACKAGE_DIR = str(pathlib.Path(__file__).resolve().parent)
+
+
+def _configure_logging() -> None:
+  logging.set_verbosity(logging.INFO)
+  logging.get_absl_handler().addFilter(_OwnInfoOnly())
+
+
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if _CONFIG.value is None:
     raise app.UsageError("--config is required, e.g. --config=configs/default.py")
-  logging.set_verbosity(logging.WARNING)
+  _configure_logging()
   workdir = _WORKDIR.value or f"runs/{_CONFIG.value.mode}-{time.strftime('%Y%m%d-%H%M%S')}"
   try:
-    run(_CONFIG.value, workdir)
+    run(_CONFIG.value, workdir, configs.override_keys(sys.argv[1:]))
   except (configs.ConfigError, memory_plan.PlanDoesNotFit) as error:
     print(f"error: {error}", file=sys.stderr)
     sys.exit(2)

@@ -36,6 +36,7 @@ from typing import Any, TextIO
 import jax
 import numpy as np
 import tqdm
+from absl import logging
 from tensorboardX import SummaryWriter
 
 METRICS_FILE = "metrics.jsonl"
@@ -81,8 +82,8 @@ class MetricsWriter:
     workdir.mkdir(parents=True, exist_ok=True)
     dropped = _rewind_jsonl(self.path, start_step)
     if dropped:
-      print(f"{self.path}: dropped {dropped} lines after step {start_step} "
-            "(written after the last checkpoint of an interrupted run)", file=self._stream)
+      logging.info("%s: dropped %d lines after step %d (written after the last checkpoint of "
+                   "an interrupted run)", self.path, dropped, start_step)
     self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
     if tensorboard:
       # TensorBoard hides events at or after purge_step from older event files: those of an
@@ -146,7 +147,8 @@ class MetricsWriter:
     parts = [f"step {step}/{self.total_steps}", *shown,
              f"elapsed {tqdm.tqdm.format_interval(elapsed)}",
              f"eta {tqdm.tqdm.format_interval(eta) if math.isfinite(eta) else '?'}"]
-    print(" | ".join(parts), file=self._stream, flush=True)
+    self._stream.write(" | ".join(parts) + "\n")
+    self._stream.flush()
 
 
 def scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float | int]:

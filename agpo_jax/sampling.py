@@ -22,12 +22,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
-from ml_collections import config_dict
 
-from agpo_jax import parallel
+from agpo_jax import configs
 from agpo_jax.models import transformer
 from agpo_jax.models.config import ModelConfig
-from agpo_jax.train import step as train_step
+from agpo_jax.sharding import multihost, rules
+from agpo_jax.tokenizers import Tokenizer
 
 Array = jax.Array
 
@@ -63,6 +63,15 @@ class SamplingParams:
       raise ValueError(f"sampling.top_p must be in (0, 1], got {self.top_p}")
     if self.max_new_tokens <= 0:
       raise ValueError(f"sampling.max_new_tokens must be positive, got {self.max_new_tokens}")
+
+  @property
+  def scoring_temperature(self) -> float:
+    """The temperature a trainer divides logits by to score these samples: the sampling
+    temperature, or 1 for greedy decoding."""
+    return self.temperature or 1.0
+
+  def replace(self, **fields) -> "SamplingParams":
+    return dataclasses.replace(self, **fields)
 
 
 class Rollout(struct.PyTreeNode):
@@ -125,11 +134,13 @@ def sample_tokens(rng: Array, logits: Array, params: SamplingParams) -> tuple[Ar
   return tokens.astype(jnp.int32), logprobs[:, 0]
 
 
-def prefill(model_cfg: ModelConfig, num_samples: int, cache_len: int, params: Any,
-            tokens: Array, input_mask: Array) -> tuple[transformer.KVCache, Array, Array]:
+def prefill(model_cfg: ModelConfig, rows_sharding: Any, num_samples: int, cache_len: int,
+            params: Any, tokens: Array, input_mask: Array
+            ) -> tuple[transformer.KVCache, Array, Array]:
   """Run the prompts once and fork the cache `num_samples` ways.
 
   Args:
+    rows_sharding: where hidden states live under a mesh (None on one device).
     tokens, input_mask: `[B, P]` left-padded prompts.
   Returns:
     (cache for `B * num_samples` rows, logits of the next token `[B*G, V]`,
@@ -138,7 +149,7 @@ def prefill(model_cfg: ModelConfig, num_samples: int, cache_len: int, params: An
   cache = transformer.KVCache.zeros(model_cfg, tokens.shape[0], cache_len)
   positions = transformer.positions_from_mask(input_mask)
   hidden, cache = transformer.forward(model_cfg, params, tokens, positions, input_mask, cache,
-                                      return_hidden=True)
+                                      return_hidden=True, rows_sharding=rows_sharding)
   # Only the last column is needed: projecting [B, P, V] would dominate prefill for big vocabs.
   logits = transformer.logits_from_hidden(model_cfg, params, hidden[:, -1])
   prompt_lens = jnp.sum(input_mask, axis=-1, dtype=jnp.int32)
@@ -146,8 +157,8 @@ def prefill(model_cfg: ModelConfig, num_samples: int, cache_len: int, params: An
           jnp.repeat(prompt_lens, num_samples))
 
 
-def decode(model_cfg: ModelConfig, params_s: SamplingParams, pad_id: int, params: Any,
-           cache: transformer.KVCache, logits: Array, prompt_lens: Array,
+def decode(model_cfg: ModelConfig, rows_sharding: Any, params_s: SamplingParams, pad_id: int,
+           params: Any, cache: transformer.KVCache, logits: Array, prompt_lens: Array,
            rng: Array) -> tuple[Rollout, transformer.KVCache]:
   """Sample until every row has stopped or `max_new_tokens` is reached (`lax.while_loop`).
 
@@ -173,7 +184,8 @@ def decode(model_cfg: ModelConfig, params_s: SamplingParams, pad_id: int, params
     done = done | jnp.isin(token, stop_ids)
     positions = (prompt_lens + step)[:, None]
     step_logits, cache = transformer.forward(model_cfg, params, token[:, None], positions,
-                                             jnp.ones((n, 1), bool), cache)
+                                             jnp.ones((n, 1), bool), cache,
+                                             rows_sharding=rows_sharding)
     return step + 1, cache, step_logits[:, 0], tokens, logprobs, done, lengths
 
   init = (jnp.zeros((), jnp.int32), cache, logits, jnp.full((n, budget), pad_id, jnp.int32),
@@ -184,29 +196,19 @@ def decode(model_cfg: ModelConfig, params_s: SamplingParams, pad_id: int, params
   return rollout, cache
 
 
-def sampling_config() -> config_dict.ConfigDict:
-  """The `config.sampling` block: how rollouts are drawn during training."""
-  return config_dict.ConfigDict(dict(
-      num_samples=8,  # G: completions per prompt
-      temperature=1.0,
-      top_k=0,
-      top_p=1.0,
-      max_new_tokens=64,
-      min_prompt_bucket=8,
-      # Generate calls per rollout batch: each call holds the KV cache of 1/rollout_chunks of
-      # the batch (the memory plan says how many a model and mesh need).
-      rollout_chunks=1,
-  ))
-
-
-def sampling_params(cfg: Any, stop_ids: Sequence[int] = (), vocab_limit: int = 0,
-                    **overrides) -> SamplingParams:
+def sampling_params(cfg: Any, stop_ids: Sequence[int] = (), vocab_limit: int = 0
+                    ) -> SamplingParams:
   """`SamplingParams` from a `config.sampling`-like block plus the tokenizer's stop ids."""
-  fields = dict(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
-                max_new_tokens=cfg.max_new_tokens)
-  fields.update(overrides)
-  return SamplingParams(stop_ids=tuple(int(i) for i in stop_ids), vocab_limit=vocab_limit,
-                        **fields)
+  return SamplingParams(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+                        max_new_tokens=cfg.max_new_tokens,
+                        stop_ids=tuple(int(i) for i in stop_ids), vocab_limit=vocab_limit)
+
+
+def decode_completions(tokenizer: Tokenizer, rollout: Rollout) -> list[str]:
+  """The text of every row's generated tokens (the stop token included, as the tokenizer
+  renders it)."""
+  tokens, lengths = np.asarray(rollout.tokens), np.asarray(rollout.lengths)
+  return [tokenizer.decode(tokens[i, :lengths[i]]) for i in range(len(lengths))]
 
 
 def bucket_length(length: int, min_bucket: int = 8) -> int:
@@ -234,9 +236,10 @@ def left_pad(prompts: Sequence[Sequence[int]], length: int, pad_id: int):
 class Sampler:
   """Holds the jitted prefill and decode functions for one model (no global jit caches).
 
-  `generate(params, prompts, num_samples, rng, sampling)` returns a `Rollout` of
-  `len(prompts) * num_samples` rows. Callers pass a fresh `rng` per call (the training loop
-  folds in the step), so every step draws new samples.
+  `generate(params, prompts, num_samples, rng[, sampling])` returns a `Rollout` of
+  `len(prompts) * num_samples` rows, drawn with `sampling` (default: the sampler's own
+  `self.sampling`, which `from_config` takes from `config.sampling`). Callers pass a fresh
+  `rng` per call (the training loop folds in the step), so every step draws new samples.
 
   With a `mesh`, prefill and decode are jitted with explicit shardings: params by the rule
   table, prompts and every row of the rollout over the data-parallel axes, the KV cache
@@ -246,32 +249,40 @@ class Sampler:
   """
 
   def __init__(self, model_cfg: ModelConfig, pad_id: int, min_prompt_bucket: int = 8,
-               mesh: jax.sharding.Mesh | None = None):
+               mesh: jax.sharding.Mesh | None = None, sampling: SamplingParams | None = None):
     self.model_cfg = model_cfg
     self.pad_id = pad_id
     self.min_prompt_bucket = min_prompt_bucket
     self.mesh = mesh
-    self._prefill = jax.jit(functools.partial(prefill, model_cfg), static_argnums=(0, 1))
-    self._decode = jax.jit(functools.partial(decode, model_cfg), static_argnums=(0, 1),
+    self.sampling = SamplingParams() if sampling is None else sampling
+    self._prefill = jax.jit(functools.partial(prefill, model_cfg, None), static_argnums=(0, 1))
+    self._decode = jax.jit(functools.partial(decode, model_cfg, None), static_argnums=(0, 1),
                            donate_argnums=(3,))
     self._sharded: dict[tuple, tuple[Any, Any]] = {}
+
+  @classmethod
+  def from_config(cls, config: Any, model_cfg: ModelConfig, tokenizer: Tokenizer,
+                  mesh: jax.sharding.Mesh | None = None) -> "Sampler":
+    """The run's sampler: `config.sampling` (temperature, top-k / top-p, budget, prompt
+    buckets) with the tokenizer's stop ids and pad id. Ids past the tokenizer's vocabulary
+    (padding rows of a real checkpoint's embedding) are never drawn."""
+    sp = sampling_params(config.sampling, tokenizer.stop_ids, tokenizer.vocab_size)
+    return cls(model_cfg, tokenizer.pad_id, config.sampling.min_prompt_bucket, mesh, sp)
 
   def _sharded_fns(self, rows: int, num_samples: int, cache_len: int, sampling: SamplingParams):
     """Prefill and decode jitted with explicit shardings for these static shapes."""
     key = (rows, num_samples, cache_len, sampling)
     if key not in self._sharded:
       mesh, cfg = self.mesh, self.model_cfg
-      params = parallel.param_shardings(cfg, mesh)
-      by_row, rep = parallel.batch_sharding(mesh), parallel.replicated(mesh)
-      cache = parallel.cache_shardings(cfg, rows * num_samples, cache_len, mesh)
-      prefill_fn = jax.jit(
-          train_step.rows_sharded(functools.partial(prefill, cfg, num_samples, cache_len),
-                                  by_row),
-          in_shardings=(params, by_row, by_row), out_shardings=(cache, by_row, by_row))
-      decode_fn = jax.jit(
-          train_step.rows_sharded(functools.partial(decode, cfg, sampling, self.pad_id), by_row),
-          in_shardings=(params, cache, by_row, by_row, rep), out_shardings=(by_row, cache),
-          donate_argnums=(1,))
+      params = rules.param_shardings(cfg, mesh)
+      by_row, rep = rules.batch_sharding(mesh), rules.replicated(mesh)
+      cache = rules.cache_shardings(cfg, rows * num_samples, cache_len, mesh)
+      prefill_fn = jax.jit(functools.partial(prefill, cfg, by_row, num_samples, cache_len),
+                           in_shardings=(params, by_row, by_row),
+                           out_shardings=(cache, by_row, by_row))
+      decode_fn = jax.jit(functools.partial(decode, cfg, by_row, sampling, self.pad_id),
+                          in_shardings=(params, cache, by_row, by_row, rep),
+                          out_shardings=(by_row, cache), donate_argnums=(1,))
       self._sharded[key] = (prefill_fn, decode_fn)
     return self._sharded[key]
 
@@ -279,13 +290,15 @@ class Sampler:
     """The padded prompt length `generate` uses for `prompts` (agreed by every process)."""
     longest = max(len(p) for p in prompts)
     if self.mesh is not None and jax.process_count() > 1:
-      longest = int(np.max(parallel.allgather_rows(np.asarray([longest]))))
+      longest = int(np.max(multihost.allgather_rows(np.asarray([longest]))))
     return bucket_length(longest, self.min_prompt_bucket)
 
   def generate(self, params: Any, prompts: Sequence[Sequence[int]], num_samples: int,
-               rng: Array, sampling: SamplingParams, prompt_len: int | None = None) -> Rollout:
+               rng: Array, sampling: SamplingParams | None = None,
+               prompt_len: int | None = None) -> Rollout:
     """`prompt_len` fixes the padded prompt length (default: `prompt_length(prompts)`), so
     that rollouts of several calls can be concatenated."""
+    sampling = self.sampling if sampling is None else sampling
     if num_samples <= 0:
       raise ValueError(f"num_samples must be positive, got {num_samples}")
     prompt_len = self.prompt_length(prompts) if prompt_len is None else prompt_len
@@ -295,11 +308,31 @@ class Sampler:
       cache, logits, prompt_lens = self._prefill(num_samples, cache_len, params, tokens, mask)
       rollout, _ = self._decode(sampling, self.pad_id, params, cache, logits, prompt_lens, rng)
     else:
-      rows = parallel.global_rows(len(prompts), self.mesh)
+      rows = multihost.global_rows(len(prompts), self.mesh)
       prefill_fn, decode_fn = self._sharded_fns(rows, num_samples, cache_len, sampling)
-      tokens_g, mask_g = parallel.host_to_global((tokens, mask), self.mesh, rows)
+      tokens_g, mask_g = multihost.host_to_global((tokens, mask), self.mesh, rows)
       cache, logits, prompt_lens = prefill_fn(params, tokens_g, mask_g)
       rollout, _ = decode_fn(params, cache, logits, prompt_lens, rng)
-      rollout = parallel.global_to_host(rollout)
+      rollout = multihost.global_to_host(rollout)
     return rollout.replace(prompt_tokens=np.repeat(tokens, num_samples, axis=0),
                            prompt_mask=np.repeat(mask, num_samples, axis=0))
+
+  def generate_in_chunks(self, params: Any, prompts: Sequence[Sequence[int]], num_samples: int,
+                         rng: Array, chunks: int = 1, sampling: SamplingParams | None = None
+                         ) -> Rollout:
+    """`generate` in `chunks` calls of `len(prompts) / chunks` prompts each (so each call holds
+    the KV cache of a fraction of the batch: `sampling.rollout_chunks`, sized by the memory
+    plan), padded to one prompt length so that the rows concatenate as one rollout. One chunk
+    is one plain `generate` call with `rng`; chunk i of several draws with `fold_in(rng, i)`.
+    """
+    if chunks < 1 or len(prompts) % chunks:
+      raise configs.ConfigError(
+          f"sampling.rollout_chunks={chunks} must divide the {len(prompts)} prompts each "
+          "process samples per batch")
+    if chunks == 1:
+      return self.generate(params, prompts, num_samples, rng, sampling)
+    size, prompt_len = len(prompts) // chunks, self.prompt_length(prompts)
+    parts = [self.generate(params, prompts[i * size:(i + 1) * size], num_samples,
+                           jax.random.fold_in(rng, i), sampling, prompt_len)
+             for i in range(chunks)]
+    return jax.tree.map(lambda *xs: np.concatenate([np.asarray(x) for x in xs]), *parts)

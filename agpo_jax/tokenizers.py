@@ -363,23 +363,6 @@ class HFTokenizer:
     return self._tokenizer.token_to_id(token)
 
 
-def tokenizer_config() -> config_dict.ConfigDict:
-  """The default tokenizer config: the character tokenizer of the embedded testbed.
-
-  Fields:
-    kind: 'char', 'sentencepiece' or 'hf'.
-    path: the `.model` file (sentencepiece), or `tokenizer.json` or its directory (hf).
-    alphabet: the characters of the char tokenizer (ignored by the other kinds).
-    chat_template: 'qwen', 'llama3', 'plain', or 'auto' to pick from the vocabulary.
-  """
-  cfg = config_dict.ConfigDict()
-  cfg.kind = "char"
-  cfg.path = ""
-  cfg.alphabet = "0123456789*="
-  cfg.chat_template = "auto"
-  return cfg
-
-
 def load_tokenizer(cfg: config_dict.ConfigDict) -> Tokenizer:
   """Builds the tokenizer described by `cfg` (see `tokenizer_config`)."""
   if cfg.kind == "char":

@@ -3,10 +3,10 @@
 import numpy as np
 
 from agpo_jax.models import transformer
-from agpo_jax.train import step as train_step
+from agpo_jax.train import rl_step
 
 
-def random_rl_batch(rows=8, prompt=4, completion=6, seed=0) -> train_step.RLBatch:
+def random_rl_batch(rows=8, prompt=4, completion=6, seed=0) -> rl_step.RLBatch:
   """Left-padded prompts, completions of random lengths, random advantages and log-probs."""
   rng = np.random.default_rng(seed)
   prompt_mask = np.ones((rows, prompt), bool)
@@ -15,7 +15,7 @@ def random_rl_batch(rows=8, prompt=4, completion=6, seed=0) -> train_step.RLBatc
   completion_mask = np.arange(completion)[None, :] < lengths[:, None]
   input_mask = np.concatenate([prompt_mask, completion_mask], 1)
   tokens = rng.integers(3, 16, input_mask.shape).astype(np.int32) * input_mask
-  return train_step.RLBatch(
+  return rl_step.RLBatch(
       tokens=tokens, input_mask=input_mask,
       positions=np.asarray(transformer.positions_from_mask(input_mask)),
       completion_mask=completion_mask, advantages=rng.normal(size=rows).astype(np.float32),

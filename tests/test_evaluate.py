@@ -29,7 +29,7 @@ def _setup():
   model_cfg = resolve_model_config(cfg.model, tokenizer.vocab_size)
   params = transformer.init_params(model_cfg, jax.random.key(0, impl="rbg"))
   problems = make_task(cfg.task).split("heldout")
-  sampler = sampling.Sampler(model_cfg, tokenizer.pad_id)
+  sampler = sampling.Sampler.from_config(cfg, model_cfg, tokenizer)
   return cfg, params, sampler, tokenizer, problems
 
 

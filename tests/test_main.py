@@ -150,3 +150,29 @@ def test_evaluate_mode_covers_every_split_and_writes_json_summaries(tmp_path, ca
     assert len(counts.read_text().splitlines()) == 6
   printed = capsys.readouterr().out
   assert "heldout (6 problems, n = 4)" in printed and "train (6 problems, n = 4)" in printed
+
+
+def test_algorithm_preset_from_the_command_line_and_overrides_win():
+  cfg = configs.load_config_file(DEFAULT)
+  cfg.algo.preset = "dapo"
+  explicit = configs.override_keys(["--config.algo.preset=dapo", "--config.loss.eps_high=0.3",
+                                    "--workdir=x"])
+  assert explicit == {"algo.preset", "loss.eps_high"}
+  cfg.loss.eps_high = 0.3
+  configs.resolve_presets(cfg, explicit)
+  assert cfg.algo.name == "grpo" and cfg.reward.dynamic_sampling is True
+  assert cfg.loss.aggregation == "token_mean"
+  assert cfg.loss.eps_high == 0.3  # set on the command line: the preset's 0.28 does not win
+  cfg = configs.load_config_file(DEFAULT)
+  cfg.algo.preset = "dr_grpo"
+  configs.resolve_presets(cfg)
+  assert (cfg.algo.name, cfg.loss.aggregation) == ("dr_grpo", "seq_mean_token_sum_norm")
+  cfg.algo.preset = "dapoo"
+  with pytest.raises(configs.ConfigError, match="config.algo.preset='dapoo' is not one of"):
+    configs.resolve_presets(cfg)
+
+
+def test_cli_names_an_unknown_preset(tmp_path):
+  result = _cli("--config.algo.preset=dapoo", workdir=tmp_path)
+  assert result.returncode == 2
+  assert "config.algo.preset='dapoo' is not one of" in result.stderr

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from agpo_jax.models import transformer as T
-from agpo_jax.models.config import PRESETS, ModelConfig, model_config, resolve_model_config
+from agpo_jax.defaults import model_config
+from agpo_jax.models.config import PRESETS, ModelConfig, resolve_model_config
 
 # Eager flax dispatch compiles op by op; one jit per config is much faster on CPU.
 forward = jax.jit(T.forward, static_argnums=(0,))

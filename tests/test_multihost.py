@@ -19,7 +19,7 @@ import jax
 import numpy as np
 import pytest
 
-from agpo_jax import configs
+from agpo_jax import configs, defaults
 from agpo_jax.models import transformer
 from agpo_jax.models.config import resolve_model_config
 from agpo_jax.tokenizers import load_tokenizer
@@ -148,10 +148,10 @@ def test_checkpoint_written_by_two_processes_restores_on_one_device(runs):
 
 
 def test_config_key_and_environment_start_distributed_and_name_missing_values():
-  from agpo_jax import parallel
-  cfg = parallel.distributed_config()
-  assert not parallel.initialize_distributed(cfg, environ={})
+  from agpo_jax.sharding import multihost
+  cfg = defaults.distributed_config()
+  assert not multihost.initialize_distributed(cfg, environ={})
   with pytest.raises(ValueError, match="distributed.num_processes"):
-    parallel.initialize_distributed(cfg, environ={"JAX_COORDINATOR_ADDRESS": "h:1"})
+    multihost.initialize_distributed(cfg, environ={"JAX_COORDINATOR_ADDRESS": "h:1"})
   assert configs.load_config_file(str(REPO / "configs" / "default.py")).distributed.initialize \
       is False

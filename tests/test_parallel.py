@@ -15,9 +15,10 @@ import textwrap
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from agpo_jax import parallel
+from agpo_jax import defaults
 from agpo_jax.models import config as model_config
 from agpo_jax.models import transformer
+from agpo_jax.sharding import multihost, rules
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MESHES = ((8, 1, 1), (1, 8, 1), (1, 1, 8), (2, 2, 2))
@@ -29,11 +30,14 @@ _SCRIPT = textwrap.dedent(r"""
     import jax
     import numpy as np
     import optax
-    from agpo_jax import checkpointing, parallel, sampling
+    from agpo_jax import checkpointing, sampling
     from agpo_jax.algorithms import loss_config
     from agpo_jax.models import transformer
     from agpo_jax.models.config import PRESETS
-    from agpo_jax.train import step as train_step
+    from agpo_jax import defaults
+    from agpo_jax.sharding import multihost, rules
+    from agpo_jax.train import rl_step
+    from agpo_jax.train import state as state_lib
     from agpo_jax.train.state_io import restore_state, save_state
     from tests.rl_batches import random_rl_batch
     import dataclasses
@@ -53,11 +57,11 @@ _SCRIPT = textwrap.dedent(r"""
     # is about lr * sign(grad): a gradient that is 1e-9 on one device count and -1e-9 on
     # another moves a weight by 2 * lr, which would say nothing about the sharding.
     tx = optax.sgd(1.0)
-    adamw = train_step.make_optimizer(train_step.optim_config(), 10)
-    rl_step = train_step.make_rl_step(CFG, loss_config(), train_step.rl_config(), 1.0)
+    adamw = state_lib.make_optimizer(defaults.optim_config(), 10)
+    step_fn = rl_step.make_rl_step(CFG, loss_config(), defaults.rl_config(), 1.0)
     batch = random_rl_batch()
-    ref_state, ref_metrics = rl_step(
-        train_step.TrainState.create(transformer.init_params(CFG, keys["rbg"]), tx), batch)
+    ref_state, ref_metrics = step_fn(
+        state_lib.TrainState.create(transformer.init_params(CFG, keys["rbg"]), tx), batch)
     sampler = sampling.Sampler(CFG, pad_id=0)
     prompts = [[3, 4, 5], [6, 7], [8, 9, 10, 11], [12]]
     greedy = sampling.SamplingParams(temperature=0.0, max_new_tokens=6)
@@ -69,11 +73,11 @@ _SCRIPT = textwrap.dedent(r"""
     states = {}
 
     for shape in MESHES:
-      mesh = parallel.make_mesh(dict(zip(parallel.MESH_AXES, shape)))
+      mesh = rules.make_mesh(dict(zip(rules.MESH_AXES, shape)))
       res = out["meshes"][str(shape)] = {"mesh": dict(mesh.shape)}
       # rbg (configs/default.py's prng_impl) on every mesh, threefry on one: each init compiles.
       impls = keys if shape == (2, 2, 2) else ("rbg",)
-      params = {impl: parallel.init_params_sharded(CFG, keys[impl], mesh) for impl in impls}
+      params = {impl: rules.init_params_sharded(CFG, keys[impl], mesh) for impl in impls}
       res["specs"] = spec(params["rbg"])
       res["init_equal"] = {impl: all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in
                                      zip(jax.tree.leaves(params[impl]),
@@ -91,24 +95,24 @@ _SCRIPT = textwrap.dedent(r"""
                            jax.ShapeDtypeStruct((8, 8), bool)).compile().output_shardings[0])]
       # The train step jitted with explicit shardings: state created sharded, batch fed as
       # each process's rows (all of them here), outputs laid out by the rules.
-      shardings = parallel.step_shardings(CFG, tx, mesh)
-      sharded_step = train_step.make_rl_step(CFG, loss_config(), train_step.rl_config(), 1.0,
+      shardings = state_lib.step_shardings(CFG, tx, mesh)
+      sharded_step = rl_step.make_rl_step(CFG, loss_config(), defaults.rl_config(), 1.0,
                                              shardings)
       rows = batch.tokens.shape[0]
-      res["process_rows"] = [parallel.process_rows(rows, mesh).start,
-                             parallel.process_rows(rows, mesh).stop]
-      sharded_batch = parallel.host_to_global(batch, mesh, rows)
+      res["process_rows"] = [multihost.process_rows(rows, mesh).start,
+                             multihost.process_rows(rows, mesh).stop]
+      sharded_batch = multihost.host_to_global(batch, mesh, rows)
       res["batch_spec"] = list(sharded_batch.tokens.sharding.spec)
       res["batch_roundtrip"] = bool(np.array_equal(
-          parallel.global_to_host(sharded_batch.tokens), batch.tokens))
-      state = train_step.create_state(params["rbg"], tx, shardings)
+          multihost.global_to_host(sharded_batch.tokens), batch.tokens))
+      state = state_lib.create_state(params["rbg"], tx, shardings)
       state, metrics = sharded_step(state, sharded_batch)
       res["loss"] = [float(metrics["loss"]), float(ref_metrics["loss"])]
       res["grad_norm"] = [float(metrics["grad_norm"]), float(ref_metrics["grad_norm"])]
       res["step_params_close"] = close(state.params, ref_state.params)
       # AdamW's state created in place: its moments follow their parameters.
-      adam_state = train_step.create_state(params["rbg"], adamw,
-                                           parallel.step_shardings(CFG, adamw, mesh))
+      adam_state = state_lib.create_state(params["rbg"], adamw,
+                                           state_lib.step_shardings(CFG, adamw, mesh))
       res["state_specs"] = {"params": spec(state.params), "step": list(state.step.sharding.spec),
                             "opt_embed": [list(x.sharding.spec) for x in jax.tree.leaves(
                                 adam_state.opt_state)
@@ -120,13 +124,13 @@ _SCRIPT = textwrap.dedent(r"""
     big = random_rl_batch(rows=64, prompt=8, completion=24)
     out["temp_bytes"] = {}
     for shape in ((8, 1, 1), (1, 8, 1)):
-      mesh = parallel.make_mesh(dict(zip(parallel.MESH_AXES, shape)))
-      shardings = parallel.step_shardings(CFG, tx, mesh)
-      step_fn = train_step.make_rl_step(CFG, loss_config(), train_step.rl_config(), 1.0,
+      mesh = rules.make_mesh(dict(zip(rules.MESH_AXES, shape)))
+      shardings = state_lib.step_shardings(CFG, tx, mesh)
+      step_fn = rl_step.make_rl_step(CFG, loss_config(), defaults.rl_config(), 1.0,
                                         shardings)
-      state_shape = jax.eval_shape(lambda: train_step.TrainState.create(
+      state_shape = jax.eval_shape(lambda: state_lib.TrainState.create(
           transformer.init_params(CFG, keys["rbg"]), tx))
-      compiled = step_fn.lower(state_shape, parallel.host_to_global(big, mesh, 64)).compile()
+      compiled = step_fn.lower(state_shape, multihost.host_to_global(big, mesh, 64)).compile()
       out["temp_bytes"][str(shape)] = compiled.memory_analysis().temp_size_in_bytes
 
     # A checkpoint written under one mesh, restored under each of the others.
@@ -135,10 +139,10 @@ _SCRIPT = textwrap.dedent(r"""
         save_state(ckpt, states[(1, 8, 1)], {"iterator": [0, 0]})
       out["restored"] = {}
       for shape in MESHES:
-        mesh = parallel.make_mesh(dict(zip(parallel.MESH_AXES, shape)))
-        target = train_step.create_state(
-            parallel.init_params_sharded(CFG, jax.random.key(5, impl="rbg"), mesh), tx,
-            parallel.step_shardings(CFG, tx, mesh))
+        mesh = rules.make_mesh(dict(zip(rules.MESH_AXES, shape)))
+        target = state_lib.create_state(
+            rules.init_params_sharded(CFG, jax.random.key(5, impl="rbg"), mesh), tx,
+            state_lib.step_shardings(CFG, tx, mesh))
         with checkpointing.Checkpointer(tmp) as ckpt:
           restored, _ = restore_state(ckpt, target, {"iterator": [0, 0]})
         out["restored"][str(shape)] = {
@@ -148,17 +152,17 @@ _SCRIPT = textwrap.dedent(r"""
                 spec(target.params)),
             "embed_spec": list(restored.params["embed"].sharding.spec)}
 
-    mesh = parallel.make_mesh(dict(data=2, fsdp=2, tensor=2))
+    mesh = rules.make_mesh(dict(data=2, fsdp=2, tensor=2))
     errors = {}
-    for name, fn in [("mesh", lambda: parallel.make_mesh(dict(data=3, fsdp=-1, tensor=1))),
-                     ("batch", lambda: parallel.shard_batch(np.zeros((6, 2)), mesh))]:
+    for name, fn in [("mesh", lambda: rules.make_mesh(dict(data=3, fsdp=-1, tensor=1))),
+                     ("batch", lambda: rules.shard_batch(np.zeros((6, 2)), mesh))]:
       try:
         fn()
         errors[name] = None
       except ValueError as e:
         errors[name] = str(e)
     out["errors"] = errors
-    out["replicated_spec"] = list(parallel.replicate(np.zeros((4, 4)), mesh).sharding.spec)
+    out["replicated_spec"] = list(rules.replicate(np.zeros((4, 4)), mesh).sharding.spec)
     out["ref_loss"] = float(ref_metrics["loss"])
     print("RESULT " + json.dumps(out))
 """) % dict(rtol=RTOL, atol=ATOL, meshes=MESHES)
@@ -208,7 +212,7 @@ def _leaf(tree, path):
 @pytest.mark.parametrize("shape", MESHES)
 def test_sharded_init_follows_the_rules_and_matches_unsharded_init(shape):
   res = _mesh(shape)
-  assert res["mesh"] == dict(zip(parallel.MESH_AXES, shape))
+  assert res["mesh"] == dict(zip(rules.MESH_AXES, shape))
   for path, expected in _expected_specs(shape).items():
     assert _leaf(res["specs"], path) == expected, path
   assert res["init_equal"]["rbg"]
@@ -281,24 +285,24 @@ def test_make_mesh_and_shard_batch_reject_sizes_that_do_not_divide():
 
 
 def test_mesh_shape_resolves_minus_one_and_rejects_bad_sizes():
-  assert parallel.mesh_shape(parallel.mesh_config(), 8) == (1, 8, 1)
-  assert parallel.mesh_shape(dict(data=2, fsdp=-1, tensor=2), 8) == (2, 2, 2)
+  assert rules.mesh_shape(defaults.mesh_config(), 8) == (1, 8, 1)
+  assert rules.mesh_shape(dict(data=2, fsdp=-1, tensor=2), 8) == (2, 2, 2)
   for bad in (dict(data=3, fsdp=-1, tensor=1), dict(data=2, fsdp=2, tensor=1),
               dict(data=-1, fsdp=-1, tensor=1), dict(data=0, fsdp=-1, tensor=1)):
     with pytest.raises(ValueError, match="mesh.data"):
-      parallel.mesh_shape(bad, 8)
+      rules.mesh_shape(bad, 8)
 
 
 def test_every_logical_axis_has_a_rule():
-  rules = dict(parallel.LOGICAL_AXIS_RULES)
-  assert len(rules) == len(parallel.LOGICAL_AXIS_RULES)  # one entry per name
+  table = dict(rules.LOGICAL_AXIS_RULES)
+  assert len(table) == len(rules.LOGICAL_AXIS_RULES)  # one entry per name
   cfg = model_config.ModelConfig(vocab_size=16, num_layers=1, d_model=8, num_heads=2,
                                  num_kv_heads=1, head_dim=4, mlp_dim=8, qkv_bias=True,
                                  qk_norm=True)
   names = {name for spec in transformer.param_logical_axes(cfg).values()
            for name in _flatten_names(spec)}
   names |= set(transformer.CACHE_AXES) | {"batch", "seq"}
-  assert names <= set(rules), names - set(rules)
+  assert names <= set(table), names - set(table)
 
 
 def _flatten_names(tree):

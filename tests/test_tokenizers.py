@@ -15,6 +15,7 @@ import sentencepiece as spm
 from tokenizers import Tokenizer as HFRawTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
+from agpo_jax import defaults
 from agpo_jax import tokenizers as tok_lib
 
 _WORDS = "the cat sat on a mat with one two three four five six seven apples and pears".split()
@@ -330,13 +331,13 @@ def test_hf_declared_token_missing_from_vocab(tmp_path):
 
 
 def test_load_char_from_default_config():
-  tok = tok_lib.load_tokenizer(tok_lib.tokenizer_config())
+  tok = tok_lib.load_tokenizer(defaults.tokenizer_config())
   assert isinstance(tok, tok_lib.CharTokenizer)
   assert tok.encode("37*42=") == [6, 10, 13, 7, 5, 14]
 
 
 def test_load_sentencepiece_from_config(sp_model_path):
-  cfg = tok_lib.tokenizer_config()
+  cfg = defaults.tokenizer_config()
   cfg.kind, cfg.path, cfg.chat_template = "sentencepiece", str(sp_model_path), "plain"
   tok = tok_lib.load_tokenizer(cfg)
   assert isinstance(tok, tok_lib.SentencePieceTokenizer)
@@ -344,7 +345,7 @@ def test_load_sentencepiece_from_config(sp_model_path):
 
 
 def test_load_hf_from_config(qwen_dir):
-  cfg = tok_lib.tokenizer_config()
+  cfg = defaults.tokenizer_config()
   cfg.kind, cfg.path = "hf", str(qwen_dir)
   tok = tok_lib.load_tokenizer(cfg)
   assert isinstance(tok, tok_lib.HFTokenizer)
@@ -353,21 +354,21 @@ def test_load_hf_from_config(qwen_dir):
 
 @pytest.mark.parametrize("kind", ["sentencepiece", "hf"])
 def test_load_missing_file_names_the_path(tmp_path, kind):
-  cfg = tok_lib.tokenizer_config()
+  cfg = defaults.tokenizer_config()
   cfg.kind, cfg.path = kind, str(tmp_path / "nowhere" / "tok.model")
   with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "nowhere"))):
     tok_lib.load_tokenizer(cfg)
 
 
 def test_load_rejects_bad_config_values():
-  cfg = tok_lib.tokenizer_config()
+  cfg = defaults.tokenizer_config()
   cfg.kind = "bpe"
   with pytest.raises(ValueError, match="'bpe'.*char, sentencepiece, hf"):
     tok_lib.load_tokenizer(cfg)
   cfg.kind = "hf"
   with pytest.raises(ValueError, match="path"):
     tok_lib.load_tokenizer(cfg)
-  cfg = tok_lib.tokenizer_config()
+  cfg = defaults.tokenizer_config()
   cfg.chat_template = "alpaca"
   with pytest.raises(ValueError, match="'alpaca'"):
     tok_lib.load_tokenizer(cfg)

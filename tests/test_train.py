@@ -13,16 +13,17 @@ import numpy as np
 import optax
 import pytest
 
-from agpo_jax import configs
+from agpo_jax import configs, defaults
 from agpo_jax.algorithms import apply_preset, loss_config
-from agpo_jax.main import make_verifier
 from agpo_jax.models import transformer
 from agpo_jax.models.config import ModelConfig, resolve_model_config
 from agpo_jax.tasks import make_task
 from agpo_jax.tokenizers import load_tokenizer
-from agpo_jax.train import step as train_step
+from agpo_jax.train import state as state_lib
+from agpo_jax.train import rl_step
 from agpo_jax.train.rl import train_rl
 from agpo_jax.train.sft import train_sft
+from agpo_jax.verifiers import make_verifier
 from tests.rl_batches import random_rl_batch
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -32,15 +33,15 @@ CFG = ModelConfig(vocab_size=16, num_layers=1, d_model=32, num_heads=2, num_kv_h
 
 
 def _train_cfg(**overrides):
-  cfg = train_step.rl_config()
+  cfg = defaults.rl_config()
   cfg.update(overrides)
   return cfg
 
 
 def _state(seed=0, lr=1e-2):
   params = transformer.init_params(CFG, jax.random.key(seed, impl="rbg"))
-  optim = train_step.optim_config(lr)
-  return train_step.TrainState.create(params, train_step.make_optimizer(optim, 10))
+  optim = defaults.optim_config(lr)
+  return state_lib.TrainState.create(params, state_lib.make_optimizer(optim, 10))
 
 
 @pytest.mark.parametrize("aggregation", ["token_mean", "seq_mean_token_mean",
@@ -52,12 +53,12 @@ def test_rl_step_equals_microbatched_step(aggregation):
   batch = random_rl_batch()
   results = []
   for micro in (1, 4):
-    step = train_step.make_rl_step(CFG, loss_cfg, _train_cfg(num_microbatches=micro), 1.0)
+    step = rl_step.make_rl_step(CFG, loss_cfg, _train_cfg(num_microbatches=micro), 1.0)
     # Plain SGD: the new params differ exactly by the gradient difference. Adam's first update
     # is lr * g / (|g| + eps), which turns a 1e-9 summation-order difference in a near-zero
     # gradient into a visible one (seen on jax 0.12).
     params = transformer.init_params(CFG, jax.random.key(0, impl="rbg"))
-    state, metrics = step(train_step.TrainState.create(params, optax.sgd(1.0)), batch)
+    state, metrics = step(state_lib.TrainState.create(params, optax.sgd(1.0)), batch)
     results.append((state.params, metrics))
   (p1, m1), (p4, m4) = results
   for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p4)):
@@ -69,8 +70,8 @@ def test_rl_step_equals_microbatched_step(aggregation):
 
 def test_minibatches_and_epochs_take_several_updates():
   batch = random_rl_batch()
-  one = train_step.make_rl_step(CFG, loss_config(), _train_cfg(), 1.0)
-  many = train_step.make_rl_step(CFG, loss_config(), _train_cfg(num_minibatches=2, epochs=2), 1.0)
+  one = rl_step.make_rl_step(CFG, loss_config(), _train_cfg(), 1.0)
+  many = rl_step.make_rl_step(CFG, loss_config(), _train_cfg(num_minibatches=2, epochs=2), 1.0)
   s1, _ = one(_state(), batch)
   s4, _ = many(_state(), batch.replace(old_logp=batch.sampler_logp))
   def counts(state):
@@ -82,11 +83,11 @@ def test_bfloat16_params_train_with_minibatches_and_keep_their_dtypes():
   import dataclasses
   cfg = dataclasses.replace(CFG, param_dtype="bfloat16", dtype="bfloat16")
   params = transformer.init_params(cfg, jax.random.key(0, impl="rbg"))
-  state = train_step.TrainState.create(
-      params, train_step.make_optimizer(train_step.optim_config(1e-2), 10))
+  state = state_lib.TrainState.create(
+      params, state_lib.make_optimizer(defaults.optim_config(1e-2), 10))
   before = jax.tree.map(lambda x: x.dtype, state)
   params = jax.tree.map(lambda x: np.asarray(x, np.float32), params)  # the step donates state
-  step = train_step.make_rl_step(cfg, loss_config(), _train_cfg(num_minibatches=2,
+  step = rl_step.make_rl_step(cfg, loss_config(), _train_cfg(num_minibatches=2,
                                                                 num_microbatches=2), 1.0)
   batch = random_rl_batch()
   new, metrics = step(state, batch.replace(old_logp=batch.sampler_logp))
@@ -100,7 +101,7 @@ def test_non_finite_loss_skips_the_update_and_is_counted():
   batch = random_rl_batch()
   bad = batch.replace(advantages=np.where(np.arange(8) == 0, np.nan,
                                           batch.advantages).astype(np.float32))
-  step = train_step.make_rl_step(CFG, loss_config(), _train_cfg(), 1.0)
+  step = rl_step.make_rl_step(CFG, loss_config(), _train_cfg(), 1.0)
   before = _state()
   expected = jax.tree.map(np.array, before.params)
   after, metrics = step(before, bad)
@@ -156,7 +157,7 @@ def test_checkpoint_from_another_model_is_refused(tmp_path):
 def _train_on_task(cfg, workdir):
   tokenizer, model_cfg, task = _setup(cfg)
   base = train_sft(cfg, workdir / "sft", model_cfg, tokenizer, task.split("train"))
-  with make_verifier(cfg) as verifier:
+  with make_verifier(cfg.verifier) as verifier:
     train_rl(cfg, workdir / "rl", model_cfg, tokenizer, task.split("train"), verifier, base)
   return [json.loads(l) for l in (workdir / "rl" / "metrics.jsonl").read_text().splitlines()]
 
@@ -224,7 +225,7 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path):
   assert steps not in saved, "the run finished before the kill; the test proves nothing"
   resumed = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert resumed.returncode == 0, resumed.stderr
-  assert f"resumed from step {half}" in resumed.stdout
+  assert f"resumed from step {half}" in resumed.stderr  # absl logging
 
   straight = _restore_arrays(tmp_path / "straight", steps)
   killed = _restore_arrays(tmp_path / "killed", steps)
@@ -236,24 +237,24 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path):
 def test_sigterm_saves_a_checkpoint_before_exit(tmp_path):
   cmd, env = _cli(tmp_path, "--config.train.steps=100000", "--config.train.checkpoint_every=1000",
                   "--config.train.log_every=100000")
-  process = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE,
-                             stderr=subprocess.DEVNULL, text=True)
+  process = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
   metrics = tmp_path / "rl" / "metrics.jsonl"
   deadline = time.monotonic() + 600
   while (not metrics.exists() or len(metrics.read_text().splitlines()) < 3) and \
       time.monotonic() < deadline:
     time.sleep(0.05)
   process.send_signal(signal.SIGTERM)
-  out, _ = process.communicate(timeout=120)
+  _, err = process.communicate(timeout=120)
   assert process.returncode == 0
-  assert "SIGTERM: checkpoint saved at step" in out
+  assert "SIGTERM: checkpoint saved at step" in err  # absl logging
   saved = [int(p.name) for p in (tmp_path / "rl" / "checkpoints").iterdir() if p.name.isdigit()]
   assert max(saved) >= 3
 
 
 def test_rollout_chunks_give_the_rollout_of_one_call():
   from agpo_jax import sampling
-  from agpo_jax.train.rl import rollout_and_grade
+  from agpo_jax.train.rollouts import sample_and_grade
   cfg = configs.load_config_file(DEFAULT)
   cfg.model.num_layers = 1
   cfg.sampling.num_samples = 3
@@ -261,25 +262,22 @@ def test_rollout_chunks_give_the_rollout_of_one_call():
   model_cfg = resolve_model_config(cfg.model, tokenizer.vocab_size)
   params = transformer.init_params(model_cfg, jax.random.key(0, impl="rbg"))
   problems = make_task(cfg.task).split("train")[:4]
-  sampler = sampling.Sampler(model_cfg, tokenizer.pad_id)
+  cfg.sampling.temperature = 0.0  # greedy
+  sampler = sampling.Sampler.from_config(cfg, model_cfg, tokenizer)
   calls = []
   generate = sampler.generate
   sampler.generate = lambda params, prompts, *a: calls.append(len(prompts)) or generate(
       params, prompts, *a)
-  greedy = sampling.sampling_params(cfg.sampling, tokenizer.stop_ids, tokenizer.vocab_size,
-                                    temperature=0.0)
   out = {}
-  with make_verifier(cfg) as verifier:
+  with make_verifier(cfg.verifier) as verifier:
     for chunks in (1, 2):
-      cfg.sampling.rollout_chunks = chunks
-      out[chunks] = rollout_and_grade(cfg, sampler, verifier, tokenizer, params, problems,
-                                      jax.random.key(1), greedy)
+      out[chunks] = sample_and_grade(sampler, verifier, tokenizer, params, problems, 3,
+                                     jax.random.key(1), chunks)
     assert calls == [4, 2, 2]  # one call of 4 prompts, then two of 2
-    cfg.sampling.rollout_chunks = 3
     with pytest.raises(configs.ConfigError, match="sampling.rollout_chunks=3"):
-      rollout_and_grade(cfg, sampler, verifier, tokenizer, params, problems, jax.random.key(1),
-                        greedy)
-  (one, rewards_one, _), (two, rewards_two, _) = out[1], out[2]
+      sample_and_grade(sampler, verifier, tokenizer, params, problems, 3, jax.random.key(1), 3)
+  (one, verdicts_one, _, _), (two, verdicts_two, _, _) = out[1], out[2]
+  rewards_one, rewards_two = verdicts_one.rewards, verdicts_two.rewards
   for name in ("tokens", "logprobs", "lengths", "truncated", "prompt_tokens", "prompt_mask"):
     np.testing.assert_allclose(np.asarray(getattr(one, name), np.float32),
                                np.asarray(getattr(two, name), np.float32), atol=1e-6)

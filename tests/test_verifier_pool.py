@@ -21,9 +21,10 @@ from agpo_jax.verifiers import (
     Reference,
     VerifierPool,
     default_num_workers,
+    InlineVerifier,
     make_verifier,
-    verifier_config,
 )
+from agpo_jax.defaults import verifier_config
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT_S = 3.0
@@ -71,7 +72,7 @@ def test_callback_contract_and_stats(pool):
   assert isinstance(rewards, np.ndarray) and rewards.dtype == np.float32 and rewards.shape == (5,)
   np.testing.assert_array_equal(rewards, [1, 1, 1, 0, 0])
   assert statuses == [CORRECT, CORRECT, CORRECT, INCORRECT, UNPARSEABLE]
-  stats = pool.last_stats
+  stats = pool.grade(completions, references).stats
   counts = {s: stats[s] for s in STATUSES}
   assert counts == {CORRECT: 3, INCORRECT: 1, UNPARSEABLE: 1, TIMEOUT: 0, ERROR: 0}
   assert stats["num_items"] == 5 and stats["worker_restarts"] == 0
@@ -121,9 +122,9 @@ def test_pool_survives_crashes_and_hangs(pool):
   references.append(Reference("3"))
   pids_before = set(pool.worker_pids)
   with _fails_after(120):
-    _, statuses = pool(completions, references)
-  assert statuses == [CORRECT, ERROR, CORRECT, ERROR, CORRECT, TIMEOUT, CORRECT]
-  assert pool.last_stats["worker_restarts"] == 3
+    verdicts = pool.grade(completions, references)
+  assert verdicts.statuses == [CORRECT, ERROR, CORRECT, ERROR, CORRECT, TIMEOUT, CORRECT]
+  assert verdicts.stats["worker_restarts"] == 3
   assert len(set(pool.worker_pids) - pids_before) >= 1
   # Still a full pool afterwards.
   rewards, statuses = pool(["\\boxed{1}"] * 4, ["1"] * 4)
@@ -212,10 +213,14 @@ def test_make_verifier_from_config():
   cfg = verifier_config()
   assert cfg.num_workers is None and default_num_workers() == min(os.cpu_count(), 8)
   cfg.num_workers = 1
+  with make_verifier(cfg) as verifier:  # math: the isolated worker pool
+    assert isinstance(verifier, VerifierPool) and len(verifier.worker_pids) == 1
+    rewards, _ = verifier(["\\boxed{0.5}"], ["\\frac{1}{2}"])  # plain strings take cfg.kind
+    assert rewards.tolist() == [1.0]
   cfg.kind = "label"
-  with make_verifier(cfg) as verifier:
-    assert len(verifier.worker_pids) == 1
-    rewards, _ = verifier(["\\boxed{Yes}"], ["yes"])  # plain strings take cfg.kind
+  with make_verifier(cfg) as verifier:  # string kinds: graded in-process
+    assert isinstance(verifier, InlineVerifier)
+    rewards, _ = verifier(["\\boxed{Yes}"], ["yes"])
     assert rewards.tolist() == [1.0]
 
 

@@ -21,6 +21,9 @@ def algo_config() -> ml_collections.ConfigDict:
       # One of advantages.ESTIMATORS: grpo, dr_grpo, rloo, reinforce_pp,
       # reinforce_pp_baseline, psr, nsr, w_reinforce, a_grae, agpo.
       name="agpo",
+      # A named recipe (``algorithm_preset``: dapo, grpo, dr_grpo, ...) written over the
+      # algo / loss / reward fields at start-up; fields set on the command line win. "" = none.
+      preset="",
       # GRPO's ε in (r − μ)/(σ₁ + ε); also REINFORCE++'s whitening ε and A-GRAE's ε.
       eps=1e-6,
       # A completion is "correct" when its reward is >= this. 0.5 is the sign of the
@@ -115,9 +118,13 @@ def algorithm_preset(name: str) -> dict[str, Any]:
   return dict(_PRESETS[name])
 
 
-def apply_preset(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
-  """Writes ``algorithm_preset(name)`` into ``config`` (which has algo/loss/reward children)."""
+def apply_preset(config: ml_collections.ConfigDict, name: str,
+                 keep: Any = ()) -> ml_collections.ConfigDict:
+  """Writes ``algorithm_preset(name)`` into ``config`` (which has algo/loss/reward children),
+  except the dotted keys in ``keep`` (those the user set explicitly)."""
   for dotted, value in algorithm_preset(name).items():
+    if dotted in keep:
+      continue
     section, field = dotted.split(".")
     setattr(config[section], field, value)
   return config

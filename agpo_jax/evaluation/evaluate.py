@@ -19,27 +19,19 @@ import numpy as np
 from ml_collections import config_dict
 from tqdm import tqdm
 
-from agpo_jax import parallel, sampling
+from agpo_jax import sampling
+from agpo_jax.sharding import multihost, rules
 from agpo_jax.evaluation import counts as counts_lib
 from agpo_jax.tasks import encode_prompt
 from agpo_jax.tokenizers import Tokenizer
 from agpo_jax.verifiers.grades import CORRECT
 
 
-def eval_config() -> config_dict.ConfigDict:
-  """The `config.eval` block (reference protocol: n = 256, temperature 0.6, top-p 0.95)."""
-  return config_dict.ConfigDict(dict(
-      n=256,
-      temperature=0.6,
-      top_p=0.95,
-      top_k=0,
-      max_new_tokens=config_dict.placeholder(int),  # None: sampling.max_new_tokens
-      batch_prompts=32,  # problems per sampler call
-      samples_per_call=256,  # samples per problem per sampler call (n is split into these)
-      split="heldout",  # a split / benchmark, or several comma-separated (evaluate mode)
-      max_problems=0,  # 0: all problems of the split
-      seed=1234,  # evaluation sampling seed, independent of the training seed
-  ))
+def eval_sampling_params(train: sampling.SamplingParams, cfg: Any) -> sampling.SamplingParams:
+  """The training sampler's parameters (stop ids, vocabulary limit, budget) with the
+  temperature, top-k / top-p and budget of a `config.eval` block."""
+  return train.replace(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+                       max_new_tokens=cfg.max_new_tokens or train.max_new_tokens)
 
 
 def summary_path(counts_path: pathlib.Path) -> pathlib.Path:
@@ -66,10 +58,7 @@ def evaluate(config: config_dict.ConfigDict, params: Any, sampler: sampling.Samp
                      f"{cfg.samples_per_call}")
   if cfg.max_problems:
     problems = problems[:cfg.max_problems]
-  sp = sampling.sampling_params(
-      config.sampling, tokenizer.stop_ids, tokenizer.vocab_size, temperature=cfg.temperature,
-      top_p=cfg.top_p, top_k=cfg.top_k,
-      max_new_tokens=cfg.max_new_tokens or config.sampling.max_new_tokens)
+  sp = eval_sampling_params(sampler.sampling, cfg)
   per_call = min(cfg.samples_per_call, cfg.n)
   rng = jax.random.key(cfg.seed, impl=config.prng_impl)
 
@@ -78,14 +67,14 @@ def evaluate(config: config_dict.ConfigDict, params: Any, sampler: sampling.Samp
   # every chunk, and the counts are gathered.
   primary = jax.process_index() == 0
   mesh = sampler.mesh
-  dp = 1 if mesh is None else parallel.data_parallel_size(mesh)
+  dp = 1 if mesh is None else rules.data_parallel_size(mesh)
   records = {}
   if counts_path is not None and primary:
     counts_path.parent.mkdir(parents=True, exist_ok=True)
   if counts_path is not None and primary and counts_path.exists():
     records = {r["id"]: r for r in counts_lib.read_counts(counts_path)}
   if jax.process_count() > 1:
-    records = parallel.allgather_objects(records)[0]
+    records = multihost.allgather_objects(records)[0]
   chunks = [problems[i:i + cfg.batch_prompts] for i in range(0, len(problems),
                                                               cfg.batch_prompts)]
   todo = [i for i, chunk in enumerate(chunks) if any(p.id not in records for p in chunk)]
@@ -95,8 +84,8 @@ def evaluate(config: config_dict.ConfigDict, params: Any, sampler: sampling.Samp
   for index in todo:
     chunk = chunks[index]
     # Pad the chunk so that it splits over the data-parallel devices; padding is dropped.
-    padded, real = parallel.pad_to_multiple(chunk, dp)
-    mine = padded[slice(None) if mesh is None else parallel.process_rows(len(padded), mesh)]
+    padded, real = multihost.pad_to_multiple(chunk, dp)
+    mine = padded[slice(None) if mesh is None else multihost.process_rows(len(padded), mesh)]
     prompts = [encode_prompt(tokenizer, p) for p in mine]
     chunk_rng = jax.random.fold_in(rng, index)
     correct = np.zeros((len(mine), 0), np.int8)
@@ -104,15 +93,14 @@ def evaluate(config: config_dict.ConfigDict, params: Any, sampler: sampling.Samp
     for call in range(cfg.n // per_call):
       rollout = sampler.generate(params, prompts, per_call, jax.random.fold_in(chunk_rng, call),
                                  sp)
-      tokens, lengths = np.asarray(rollout.tokens), np.asarray(rollout.lengths)
-      texts = [tokenizer.decode(tokens[r, :lengths[r]]) for r in range(len(lengths))]
-      grades = verifier.grade(texts, [p.reference for p in mine for _ in range(per_call)])
+      grades = verifier.grade(sampling.decode_completions(tokenizer, rollout),
+                              [p.reference for p in mine for _ in range(per_call)])
       solved = np.array([g.status == CORRECT for g in grades]).reshape(len(mine), per_call)
       correct = np.concatenate([correct, solved.astype(np.int8)], axis=1)
       for row, grade in enumerate(grades):
         answers[row // per_call].append(grade.answer or None)
-    correct = parallel.allgather_rows(correct)[:real]
-    answers = [a for part in parallel.allgather_objects(answers) for a in part][:real]
+    correct = multihost.allgather_rows(correct)[:real]
+    answers = [a for part in multihost.allgather_objects(answers) for a in part][:real]
     new = [counts_lib.make_record(p.id, correct[i], answers=answers[i])
            for i, p in enumerate(chunk) if p.id not in records]
     if counts_path is not None and primary:

@@ -2,7 +2,7 @@
 
 `ModelConfig` fixes every shape and numerical choice of the decoder. Parameter init, the
 abstract parameter tree used to restore checkpoints and the parameter shardings are all derived
-from it (see `transformer.py` and `agpo_jax.parallel`), never written down a second time.
+from it (see `transformer.py` and `agpo_jax.sharding.rules`), never written down a second time.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from ml_collections import config_dict
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -104,8 +103,8 @@ class ModelConfig:
     return self.num_layers * block + embed + head + self.d_model
 
 
-# Real shapes of the public checkpoints (from their config.json). Weights are imported
-# separately (agpo_jax.models.hf); a preset only fixes shapes and numerics.
+# Real shapes of the public checkpoints (from their config.json). A preset fixes shapes and
+# numerics only; it brings no weights.
 PRESETS: dict[str, ModelConfig] = {
     # The embedded testbed: about 100k parameters; the embedding grows to the tokenizer's size.
     "testbed": ModelConfig(vocab_size=16, num_layers=2, d_model=64, num_heads=4, num_kv_heads=4,
@@ -127,22 +126,6 @@ PRESETS: dict[str, ModelConfig] = {
                                 rope_low_freq_factor=1.0, rope_high_freq_factor=4.0,
                                 rope_original_max_len=8192, rms_eps=1e-5, max_seq_len=131_072),
 }
-
-
-def model_config(preset: str = "testbed") -> config_dict.ConfigDict:
-  """The `config.model` block: a preset name plus optional per-field overrides.
-
-  Every `ModelConfig` field is present as a typed placeholder (None = take the preset's
-  value), so `--config.model.num_layers=4` works and a mistyped field is an error.
-  """
-  cfg = config_dict.ConfigDict()
-  cfg.preset = preset
-  for field in dataclasses.fields(ModelConfig):
-    cfg[field.name] = config_dict.placeholder(_FIELD_TYPES[field.type])
-  return cfg
-
-
-_FIELD_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
 
 
 def resolve_model_config(cfg: Any, tokenizer_vocab_size: int | None = None) -> ModelConfig:

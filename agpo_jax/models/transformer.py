@@ -3,7 +3,7 @@
 RMSNorm, rotary embeddings (with Llama-3.1 frequency scaling), grouped-query attention with
 optional QKV bias and QK-norm, SwiGLU MLP, tied or untied embeddings. Every parameter declares
 its logical axes (`embed`, `q_heads`, `kv_heads`, `head_dim`, `mlp`, `vocab`, `layers`, `norm`);
-`agpo_jax.parallel` maps them to mesh axes.
+`agpo_jax.sharding.rules` maps them to mesh axes.
 
 One forward function serves training and sampling. Without a cache it is a causal pass over
 `[batch, seq]`. With a `KVCache` the new tokens are written at `cache.index` and attend to every
@@ -14,8 +14,6 @@ the same slot at each step, so the cache index is one scalar.
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import functools
 import math
 from typing import Any
@@ -33,32 +31,18 @@ Array = jax.Array
 CACHE_AXES = ("layers", "batch", "kv_heads", "cache_seq", "head_dim")
 _NEG_INF = float(jnp.finfo(jnp.float32).min)  # finite, so fully masked rows stay finite
 
-# Sharding of the hidden states `[B, T, D]` while a sharded function is traced (set by
-# `activation_sharding`; None: no constraint, the compiler decides).
-_ACTIVATION_SHARDING: contextvars.ContextVar = contextvars.ContextVar("activation_sharding",
-                                                                      default=None)
 
 
-@contextlib.contextmanager
-def activation_sharding(sharding: Any):
-  """Within this context, tracing the model pins its hidden states to `sharding` (rows over the
-  data-parallel axes, features whole).
+def _constrain_rows(x: Array, rows_sharding: Any) -> Array:
+  """Pin hidden states `[B, T, D]` to `rows_sharding` (rows over the data-parallel axes,
+  features whole); None leaves the layout to the compiler.
 
   Without it, XLA lets the residual stream inherit the embedding table's layout (`embed`
   split over fsdp), so under pure FSDP every device would compute the MLP and logits of all the
   rows of its group: measured 5.6x the temporary memory of the same step on a data-parallel
   mesh. Constraining the block inputs and the head's input restores "each device its own rows".
   """
-  token = _ACTIVATION_SHARDING.set(sharding)
-  try:
-    yield
-  finally:
-    _ACTIVATION_SHARDING.reset(token)
-
-
-def _constrain_rows(x: Array) -> Array:
-  sharding = _ACTIVATION_SHARDING.get()
-  return x if sharding is None else jax.lax.with_sharding_constraint(x, sharding)
+  return x if rows_sharding is None else jax.lax.with_sharding_constraint(x, rows_sharding)
 
 
 class KVCache(struct.PyTreeNode):
@@ -234,6 +218,7 @@ class Block(nn.Module):
   """
 
   cfg: ModelConfig
+  rows_sharding: Any = None  # see `_constrain_rows`
 
   @nn.compact
   def __call__(self, carry, layer, positions: Array, mask: Array, cache_index):
@@ -243,7 +228,7 @@ class Block(nn.Module):
     else:
       x, cache_k, cache_v = carry
       cache = (cache_k, cache_v, layer)
-    x = _constrain_rows(x)
+    x = _constrain_rows(x, self.rows_sharding)
     attn_out, new_cache = Attention(cfg, name="attn")(
         RMSNorm(cfg.rms_eps, cfg.param_dtype, name="attn_norm")(x), positions, mask,
         cache, cache_index)
@@ -253,7 +238,12 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
+  """The decoder. `rows_sharding`: where the hidden states live under a mesh (a
+  `NamedSharding` with rows over the data-parallel axes, from `sharding.rules.batch_sharding`),
+  passed by the sharded sampler and train steps; None on one device."""
+
   cfg: ModelConfig
+  rows_sharding: Any = None
 
   @nn.compact
   def __call__(self, tokens: Array, positions: Array, input_mask: Array,
@@ -302,14 +292,16 @@ class Transformer(nn.Module):
                         in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
                         length=cfg.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
       layers = None if cache is None else jnp.arange(cfg.num_layers, dtype=jnp.int32)
-      carry, _ = scanned(cfg, name="layers")(carry, layers, positions, mask, cache_index)
+      carry, _ = scanned(cfg, self.rows_sharding, name="layers")(carry, layers, positions, mask,
+                                                                 cache_index)
     else:
       for i in range(cfg.num_layers):
-        carry, _ = block(cfg, name=f"layer_{i}")(carry, None if cache is None else i,
-                                                 positions, mask, cache_index)
+        carry, _ = block(cfg, self.rows_sharding, name=f"layer_{i}")(
+            carry, None if cache is None else i, positions, mask, cache_index)
     x = carry if cache is None else carry[0]
 
-    x = _constrain_rows(RMSNorm(cfg.rms_eps, cfg.param_dtype, name="final_norm")(x))
+    x = _constrain_rows(RMSNorm(cfg.rms_eps, cfg.param_dtype, name="final_norm")(x),
+                        self.rows_sharding)
     if not cfg.tie_embeddings:
       _param(self, "lm_head", (cfg.d_model, cfg.vocab_size), ("embed", "vocab"),
              _kernel_init(cfg.d_model), cfg.param_dtype)
@@ -342,10 +334,11 @@ def param_logical_axes(cfg: ModelConfig) -> dict:
 
 
 def forward(cfg: ModelConfig, params: dict, tokens: Array, positions: Array, input_mask: Array,
-            cache: KVCache | None = None, return_hidden: bool = False):
-  """Functional entry point: `Transformer(cfg).apply` on a plain params tree."""
-  return Transformer(cfg).apply({"params": params}, tokens, positions, input_mask, cache,
-                                return_hidden)
+            cache: KVCache | None = None, return_hidden: bool = False,
+            rows_sharding: Any = None):
+  """Functional entry point: `Transformer(cfg, rows_sharding).apply` on a plain params tree."""
+  return Transformer(cfg, rows_sharding).apply({"params": params}, tokens, positions,
+                                               input_mask, cache, return_hidden)
 
 
 def logits_from_hidden(cfg: ModelConfig, params: dict, hidden: Array) -> Array:

@@ -13,41 +13,68 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
+from absl import logging
+from flax import struct
 from ml_collections import config_dict
 
-from agpo_jax import checkpointing, parallel
+from agpo_jax import checkpointing
+from agpo_jax.algorithms import losses
 from agpo_jax.metrics import MetricsWriter
 from agpo_jax.models import transformer
 from agpo_jax.models.config import ModelConfig
-from agpo_jax.tasks import encode_prompt
-from agpo_jax.tasks.testbed import PromptIterator
+from agpo_jax.sharding import multihost, rules
+from agpo_jax.sharding.rules import StepShardings
+from agpo_jax.tasks import PromptIterator, encode_prompt
 from agpo_jax.tokenizers import Tokenizer
-from agpo_jax.train import step as train_step
+from agpo_jax.train import state as state_lib
 from agpo_jax.train.state_io import restore_state, save_state, state_meta
 
+Array = jax.Array
 
-def sft_config() -> config_dict.ConfigDict:
-  """The `config.sft` block."""
-  # Measured on the testbed (1,000 steps): lr 5e-3 with weight decay 0.1 reaches held-out
-  # pass@1 20.7%, lr 3e-3 without decay 10.7%.
-  optim = train_step.optim_config(lr=5e-3)
-  optim.schedule = "cosine"
-  optim.warmup_steps = 100
-  optim.end_lr_ratio = 0.1
-  optim.weight_decay = 0.1
-  return config_dict.ConfigDict(dict(
-      steps=1000,
-      batch_size=256,
-      num_microbatches=1,
-      checkpoint_every=250,
-      log_every=50,
-      optim=optim,
-  ))
+
+class SFTBatch(struct.PyTreeNode):
+  """Demonstrations: `tokens`, `input_mask`, `positions` `[N, T]`; `target_mask` `[N, T]` marks
+  the tokens whose prediction is trained (the answer, not the prompt)."""
+
+  tokens: Array
+  input_mask: Array
+  positions: Array
+  target_mask: Array
+
+
+def sft_loss(model_cfg: ModelConfig, params: Any, batch: SFTBatch, rows_sharding: Any = None):
+  """Summed negative log-likelihood of the target tokens and their count."""
+  logits, _ = transformer.forward(model_cfg, params, batch.tokens, batch.positions,
+                                  batch.input_mask, rows_sharding=rows_sharding)
+  logp = losses.token_logprobs(logits[:, :-1], batch.tokens[:, 1:])
+  mask = batch.target_mask[:, 1:]
+  return -jnp.sum(jnp.where(mask, logp, 0.0)), jnp.sum(mask, dtype=jnp.float32)
+
+
+def make_sft_step(model_cfg: ModelConfig, num_microbatches: int = 1,
+                  shardings: StepShardings | None = None):
+  """The jitted SFT step `(state, batch) -> (state, metrics)`."""
+
+  def loss_fn(params, batch):
+    nll_sum, count = sft_loss(model_cfg, params, batch, state_lib.rows_sharding(shardings))
+    return nll_sum, (count, {})
+
+  def step(state: state_lib.TrainState, batch: SFTBatch):
+    loss, grads, _ = state_lib.accumulate_gradients(loss_fn, state.params, batch,
+                                                    num_microbatches)
+    grad_norm = optax.tree.norm(grads)
+    state, applied = state_lib.apply_if_finite(state, grads, loss)
+    return state.replace(step=state.step + 1), {"loss": loss, "grad_norm": grad_norm,
+                                                "skipped_total": state.skipped}
+
+  return state_lib.jit_step(step, shardings)
 
 
 def demonstration_batch(tokenizer: Tokenizer, problems: Sequence[Any], length: int
-                        ) -> train_step.SFTBatch:
+                        ) -> SFTBatch:
   """Right-padded `prompt + answer + eos` rows; targets are the answer and eos."""
   tokens = np.full((len(problems), length), tokenizer.pad_id, np.int32)
   targets = np.zeros((len(problems), length), bool)
@@ -62,8 +89,8 @@ def demonstration_batch(tokenizer: Tokenizer, problems: Sequence[Any], length: i
     input_mask[row, :len(sequence)] = True
     targets[row, len(prompt):len(sequence)] = True
   positions = np.asarray(transformer.positions_from_mask(input_mask))
-  return train_step.SFTBatch(tokens=tokens, input_mask=input_mask, positions=positions,
-                             target_mask=targets)
+  return SFTBatch(tokens=tokens, input_mask=input_mask, positions=positions,
+                  target_mask=targets)
 
 
 def train_sft(config: config_dict.ConfigDict, workdir: pathlib.Path, model_cfg: ModelConfig,
@@ -76,13 +103,13 @@ def train_sft(config: config_dict.ConfigDict, workdir: pathlib.Path, model_cfg: 
   """
   cfg = config.sft
   rng = jax.random.key(config.seed, impl=config.prng_impl)
-  tx = train_step.make_optimizer(cfg.optim, cfg.steps)
-  shardings = None if mesh is None else parallel.step_shardings(model_cfg, tx, mesh)
+  tx = state_lib.make_optimizer(cfg.optim, cfg.steps)
+  shardings = None if mesh is None else state_lib.step_shardings(model_cfg, tx, mesh)
   if params is None:
     init_rng = jax.random.fold_in(rng, 0)
     params = (transformer.init_params(model_cfg, init_rng) if mesh is None
-              else parallel.init_params_sharded(model_cfg, init_rng, mesh))
-  state = train_step.create_state(params, tx, shardings)
+              else rules.init_params_sharded(model_cfg, init_rng, mesh))
+  state = state_lib.create_state(params, tx, shardings)
   iterator = PromptIterator(len(problems), cfg.batch_size, seed=config.seed)
   length = max(len(encode_prompt(tokenizer, p)) + len(tokenizer.encode(p.answer)) + 1
                for p in problems)
@@ -95,11 +122,11 @@ def train_sft(config: config_dict.ConfigDict, workdir: pathlib.Path, model_cfg: 
     start = int(state.step)
     if start >= cfg.steps:
       return state.params
-    update = train_step.make_sft_step(model_cfg, cfg.num_microbatches, shardings)
-    mine = slice(None) if mesh is None else parallel.process_rows(cfg.batch_size, mesh)
-    lr = train_step.learning_rate_schedule(cfg.optim, cfg.steps)
-    print(f"SFT warm start: {cfg.steps} steps x {cfg.batch_size} demonstrations "
-          f"({model_cfg.num_params:,} parameters) in {workdir}")
+    update = make_sft_step(model_cfg, cfg.num_microbatches, shardings)
+    mine = slice(None) if mesh is None else multihost.process_rows(cfg.batch_size, mesh)
+    lr = state_lib.learning_rate_schedule(cfg.optim, cfg.steps)
+    logging.info("SFT warm start: %d steps x %d demonstrations (%s parameters) in %s",
+                 cfg.steps, cfg.batch_size, f"{model_cfg.num_params:,}", workdir)
     with MetricsWriter(workdir, cfg.steps, start_step=start, stdout_every=cfg.log_every,
                        progress_keys=("loss",), enabled=jax.process_index() == 0) as writer:
       for step in range(start, cfg.steps):
@@ -107,7 +134,7 @@ def train_sft(config: config_dict.ConfigDict, workdir: pathlib.Path, model_cfg: 
         indices = iterator.next_indices()[mine]
         batch = demonstration_batch(tokenizer, [problems[i] for i in indices], length)
         if mesh is not None:
-          batch = parallel.host_to_global(batch, mesh, cfg.batch_size)
+          batch = multihost.host_to_global(batch, mesh, cfg.batch_size)
         state, metrics = update(state, batch)
         metrics = jax.device_get(metrics)
         metrics.update(lr=float(lr(step)), step_s=time.perf_counter() - started)

@@ -14,7 +14,7 @@ import numpy as np
 
 from agpo_jax import checkpointing
 from agpo_jax.models.config import ModelConfig
-from agpo_jax.train.step import TrainState
+from agpo_jax.train.state import TrainState
 
 
 def state_meta(model_cfg: ModelConfig, iterator: Any, **extra) -> dict:

@@ -1,16 +1,17 @@
-"""Verifiers: grade completions against reference answers, in isolated worker processes.
+"""Verifiers: grade completions against reference answers.
 
-    with make_verifier(verifier_config()) as verifier:
-        rewards, statuses = verifier(completions, [Reference("\\frac{1}{2}")] * len(completions))
-        log(verifier.last_stats)
+    with make_verifier(config.verifier) as verifier:
+        verdicts = verifier.grade(completions, [Reference("\\frac{1}{2}")] * len(completions))
+        verdicts.rewards, verdicts.statuses, verdicts.stats   # [N] float32, [N] str, dict
 
-`verifier.grade(...)` returns the full `Grade`s (with the extracted answer, for majority voting).
+`verifier(completions, references)` is the plain callback: `(rewards, statuses)`. Math is
+graded in isolated worker processes (`VerifierPool`); string references ('exact', 'label')
+in-process (`InlineVerifier`), where nothing can hang.
 """
 
 from __future__ import annotations
 
-import ml_collections
-from ml_collections import config_dict
+from typing import Any
 
 from agpo_jax.verifiers.grades import (
     CORRECT,
@@ -22,8 +23,10 @@ from agpo_jax.verifiers.grades import (
     UNPARSEABLE,
     Grade,
     Reference,
+    Verdicts,
     grade_stats,
 )
+from agpo_jax.verifiers.inline import InlineVerifier
 from agpo_jax.verifiers.math_answers import (
     MathGrader,
     comparison_key,
@@ -34,24 +37,12 @@ from agpo_jax.verifiers.math_answers import (
 from agpo_jax.verifiers.pool import VerifierPool, default_num_workers
 
 
-def verifier_config() -> ml_collections.ConfigDict:
-  """Defaults for `make_verifier`; lives at `config.verifier` in run configs."""
-  cfg = ml_collections.ConfigDict()
-  cfg.kind = "math"  # kind of references given as plain strings: 'math' | 'exact' | 'label'
-  cfg.num_workers = config_dict.placeholder(int)  # None: min(cpu_count, 8)
-  cfg.timeout_s = 10.0  # hard wall-clock bound per item: the worker is killed past it
-  cfg.math_verify_timeout_s = 3  # Math-Verify's inner signal.alarm guard, whole seconds
-  cfg.max_answer_chars = 1000  # longer extracted answers are 'unparseable'
-  cfg.string_fast_path = True  # equal normalised strings are correct without SymPy
-  cfg.cache_size = 4096  # per worker: parsed answers and verdicts (a group shares its gold)
-  cfg.start_method = "spawn"  # or 'forkserver'; never 'fork' (deadlocks once JAX is up)
-  cfg.memory_limit_mb = 4096  # RLIMIT_AS per worker; 0 disables
-  cfg.startup_timeout_s = 120.0
-  return cfg
-
-
-def make_verifier(cfg: ml_collections.ConfigDict) -> VerifierPool:
-  """The verifier callback described by `cfg` (see `verifier_config`). Close it when done."""
+def make_verifier(cfg: Any) -> VerifierPool | InlineVerifier:
+  """The verifier described by a `config.verifier` block (`defaults.verifier_config`):
+  in-process for string kinds, the worker pool for math. Close it when done (it is a context
+  manager)."""
+  if cfg.kind in InlineVerifier.kinds:
+    return InlineVerifier(cfg.kind, cfg.max_answer_chars)
   return VerifierPool(
       num_workers=cfg.num_workers,
       timeout_s=cfg.timeout_s,
@@ -74,7 +65,9 @@ __all__ = [
     "STATUSES",
     "TIMEOUT",
     "UNPARSEABLE",
+    "Verdicts",
     "Grade",
+    "InlineVerifier",
     "MathGrader",
     "Reference",
     "VerifierPool",
@@ -85,5 +78,4 @@ __all__ = [
     "grade_stats",
     "make_verifier",
     "normalize_answer",
-    "verifier_config",
 ]

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import collections
+import collections.abc
 import dataclasses
 from typing import NamedTuple, Sequence
+
+import numpy as np
 
 CORRECT = "correct"
 INCORRECT = "incorrect"
@@ -51,3 +54,33 @@ def grade_stats(grades: Sequence[Grade], seconds: float, worker_restarts: int = 
       worker_restarts=worker_restarts,
   )
   return stats
+
+
+class Verdicts(collections.abc.Sequence):
+  """What one verifier call returns: a `Grade` per completion, in order (it is a sequence of
+  them), with the rewards, statuses and logging stats (`grade_stats`) of the call."""
+
+  def __init__(self, grades: Sequence[Grade], seconds: float, worker_restarts: int = 0):
+    self.grades = list(grades)
+    self.seconds = seconds
+    self.worker_restarts = worker_restarts
+
+  def __getitem__(self, index):
+    return self.grades[index]
+
+  def __len__(self) -> int:
+    return len(self.grades)
+
+  @property
+  def rewards(self) -> np.ndarray:
+    """`[N]` float32 rewards in [0, 1]."""
+    return np.asarray([g.reward for g in self.grades], np.float32)
+
+  @property
+  def statuses(self) -> list[str]:
+    return [g.status for g in self.grades]
+
+  @property
+  def stats(self) -> dict:
+    """The count of each status, seconds, throughput, mean reward, worker restarts."""
+    return grade_stats(self.grades, self.seconds, self.worker_restarts)

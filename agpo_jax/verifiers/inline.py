@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from agpo_jax.verifiers.grades import Grade, Reference, grade_stats
+from agpo_jax.verifiers.grades import Reference, Verdicts
 from agpo_jax.verifiers.labels import grade_label
 
 
@@ -26,10 +26,9 @@ class InlineVerifier:
       raise ValueError(f"InlineVerifier grades {self.kinds} references, not {default_kind!r}")
     self.default_kind = default_kind
     self.max_answer_chars = max_answer_chars
-    self.last_stats: dict[str, float] = {}
 
   def grade(self, completions: Sequence[str], references: Sequence[Reference | str]
-            ) -> list[Grade]:
+            ) -> Verdicts:
     if len(completions) != len(references):
       raise ValueError(f"{len(completions)} completions but {len(references)} references")
     start = time.monotonic()
@@ -43,13 +42,12 @@ class InlineVerifier:
       grades.append(grade_label(completion, reference.answer,
                                 ignore_case=reference.kind == "label",
                                 max_answer_chars=self.max_answer_chars))
-    self.last_stats = grade_stats(grades, time.monotonic() - start)
-    return grades
+    return Verdicts(grades, time.monotonic() - start)
 
   def __call__(self, completions: Sequence[str], references: Sequence[Reference | str]
                ) -> tuple[np.ndarray, list[str]]:
-    grades = self.grade(completions, references)
-    return np.asarray([g.reward for g in grades], np.float32), [g.status for g in grades]
+    verdicts = self.grade(completions, references)
+    return verdicts.rewards, verdicts.statuses
 
   def close(self) -> None:
     pass

@@ -34,7 +34,7 @@ from agpo_jax.verifiers.grades import (
     TIMEOUT,
     Grade,
     Reference,
-    grade_stats,
+    Verdicts,
 )
 from agpo_jax.verifiers.labels import grade_label
 from agpo_jax.verifiers.math_answers import MathGrader  # Math-Verify itself loads in workers
@@ -178,8 +178,8 @@ class VerifierPool:
     startup_timeout_s: a worker not ready within this is replaced.
     enable_test_hooks: accept the `TEST_HOOK_KINDS` references (tests only).
 
-  After each call, `last_stats` holds the count of each status, `seconds`, `items_per_s`,
-  `mean_reward` and `worker_restarts` for the training loop to log.
+  `grade` returns `Verdicts`: the grades with the call's stats (the count of each status,
+  `seconds`, `items_per_s`, `mean_reward`, `worker_restarts`) for the training loop to log.
   """
 
   def __init__(
@@ -222,7 +222,6 @@ class VerifierPool:
     self._workers: list[_Worker] = []
     # Closes the workers when the pool is garbage-collected or at interpreter exit.
     self._finalizer = weakref.finalize(self, _shutdown, self._workers)
-    self.last_stats: dict[str, float] = {}
     self._restarts = 0
     self._socket_buffer_bytes = 0  # what a send can queue without the worker reading
     for _ in range(self.num_workers):
@@ -362,8 +361,9 @@ class VerifierPool:
 
   def grade(
       self, completions: Sequence[str | bytes], references: Sequence[Reference | str]
-  ) -> list[Grade]:
-    """One `Grade` (reward, status, extracted answer) per completion, in order."""
+  ) -> Verdicts:
+    """One `Grade` (reward, status, extracted answer) per completion, in order, with the
+    call's stats."""
     if not self._finalizer.alive:
       raise RuntimeError("VerifierPool is closed")
     if len(completions) != len(references):
@@ -391,13 +391,11 @@ class VerifierPool:
       if startup_failures > 2 * self.num_workers:
         raise RuntimeError(_STARTUP_FAILURE)
     seconds = time.monotonic() - start
-    self.last_stats = grade_stats(results, seconds, self._restarts - restarts_before)
-    return results  # type: ignore[return-value]
+    return Verdicts(results, seconds, self._restarts - restarts_before)  # type: ignore[arg-type]
 
   def __call__(
       self, completions: Sequence[str | bytes], references: Sequence[Reference | str]
   ) -> tuple[np.ndarray, list[str]]:
     """rewards [batch] float32 in [0, 1] and one status per completion (see `STATUSES`)."""
-    grades = self.grade(completions, references)
-    rewards = np.asarray([g.reward for g in grades], dtype=np.float32)
-    return rewards, [g.status for g in grades]
+    verdicts = self.grade(completions, references)
+    return verdicts.rewards, verdicts.statuses
