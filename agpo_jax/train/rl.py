@@ -33,7 +33,7 @@ from agpo_jax.tasks import PromptIterator
 from agpo_jax.tokenizers import Tokenizer
 from agpo_jax.train import rl_step, rollouts
 from agpo_jax.train import state as state_lib
-from agpo_jax.train.state_io import restore_state, save_state, state_meta
+from agpo_jax.train.state_io import SkipWatch, restore_state, save_state, state_meta
 
 
 @dataclasses.dataclass
@@ -64,14 +64,16 @@ def _train_state(config, model_cfg, init_params, mesh=None):
   """(fresh TrainState, step shardings or None); created sharded on `mesh` when given."""
   updates = config.train.steps * config.train.num_minibatches * config.train.epochs
   tx = state_lib.make_optimizer(config.optim, updates)
-  shardings = None if mesh is None else state_lib.step_shardings(model_cfg, tx, mesh)
-  return state_lib.create_state(init_params, tx, shardings), shardings
+  guard = state_lib.UpdateGuard.from_config(config.train, "train")
+  shardings = None if mesh is None else state_lib.step_shardings(model_cfg, tx, mesh, guard)
+  return state_lib.create_state(init_params, tx, shardings, guard), shardings
 
 
 def restore_rl_params(config: config_dict.ConfigDict, workdir: pathlib.Path,
                       model_cfg: ModelConfig, init_params: Any,
                       mesh: jax.sharding.Mesh | None = None) -> tuple[Any, int] | None:
-  """(params, step) of the latest RL checkpoint in `workdir`, or None if there is none.
+  """(params, step) of the newest RL checkpoint in `workdir` that verifies, or None if there
+  is none (`checkpointing.CorruptCheckpoint` if none of them verifies).
 
   Restored straight into the shardings of `mesh` (any mesh, whatever the saving one was)."""
   if not (workdir / "checkpoints").exists():
@@ -178,6 +180,7 @@ def train_rl(config: config_dict.ConfigDict, workdir: pathlib.Path, model_cfg: M
                                                  rng)
       iterator = PromptIterator(len(problems), cfg.batch_prompts, config.seed, iterator_state)
       logging.info("resumed from step %d in %s", int(state.step), workdir)
+    skips = SkipWatch(ckpt, cfg.max_consecutive_skips, "train")
     source = rollouts.make_rollout_source(config, sampler, verifier, tokenizer, problems,
                                           iterator, mine)
     start = int(state.step)
@@ -211,15 +214,18 @@ def train_rl(config: config_dict.ConfigDict, workdir: pathlib.Path, model_cfg: M
           metrics.update({f"eval/{k}": v for k, v in evaluate_fn(state.params, step + 1).items()})
         writer.write(step + 1, metrics)
 
-        # Checkpoint; stop on SIGTERM or on a run of non-finite updates.
+        # Checkpoint (never mid-way through skipped updates, nor a non-finite state); stop on
+        # SIGTERM or on a run of skipped updates.
+        saved = False
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps or terminate.requested:
-          save_state(ckpt, state, state_meta(model_cfg, iterator), rng)
+          saved = save_state(ckpt, state, state_meta(model_cfg, iterator), rng)
         if terminate.requested:
-          logging.warning("SIGTERM: checkpoint saved at step %d; exiting", step + 1)
+          if saved:
+            logging.warning("SIGTERM: checkpoint saved at step %d; exiting", step + 1)
+          else:
+            logging.warning("SIGTERM: no checkpoint saved at step %d (the newest good one is "
+                            "step %s); exiting", step + 1, ckpt.last_verified_step)
           return RLResult(state.params, step + 1, interrupted=True)
-        if int(metrics["consecutive_skips"]) >= cfg.max_consecutive_skips:
-          raise FloatingPointError(
-              f"{int(metrics['consecutive_skips'])} consecutive updates had a non-finite loss "
-              f"or gradient (step {step + 1}); stopping. Lower optim.lr or check the data; "
-              f"the last good state is in {workdir / 'checkpoints'}")
+        skips.after_step(step + 1, state, int(metrics["updates_skipped"]),
+                         float(metrics["grad_norm"]))
   return RLResult(state.params, int(state.step), interrupted=False)

@@ -30,7 +30,7 @@ from agpo_jax.sharding.rules import StepShardings
 from agpo_jax.tasks import PromptIterator, encode_prompt
 from agpo_jax.tokenizers import Tokenizer
 from agpo_jax.train import state as state_lib
-from agpo_jax.train.state_io import restore_state, save_state, state_meta
+from agpo_jax.train.state_io import SkipWatch, restore_state, save_state, state_meta
 
 Array = jax.Array
 
@@ -104,12 +104,13 @@ def train_sft(config: config_dict.ConfigDict, workdir: pathlib.Path, model_cfg: 
   cfg = config.sft
   rng = jax.random.key(config.seed, impl=config.prng_impl)
   tx = state_lib.make_optimizer(cfg.optim, cfg.steps)
-  shardings = None if mesh is None else state_lib.step_shardings(model_cfg, tx, mesh)
+  guard = state_lib.UpdateGuard.from_config(cfg, "sft")
+  shardings = None if mesh is None else state_lib.step_shardings(model_cfg, tx, mesh, guard)
   if params is None:
     init_rng = jax.random.fold_in(rng, 0)
     params = (transformer.init_params(model_cfg, init_rng) if mesh is None
               else rules.init_params_sharded(model_cfg, init_rng, mesh))
-  state = state_lib.create_state(params, tx, shardings)
+  state = state_lib.create_state(params, tx, shardings, guard)
   iterator = PromptIterator(len(problems), cfg.batch_size, seed=config.seed)
   length = max(len(encode_prompt(tokenizer, p)) + len(tokenizer.encode(p.answer)) + 1
                for p in problems)
@@ -124,6 +125,8 @@ def train_sft(config: config_dict.ConfigDict, workdir: pathlib.Path, model_cfg: 
       return state.params
     update = make_sft_step(model_cfg, cfg.num_microbatches, shardings)
     mine = slice(None) if mesh is None else multihost.process_rows(cfg.batch_size, mesh)
+    skips = SkipWatch(ckpt, cfg.max_consecutive_skips, "sft")
+    skipped_before = int(state.skipped)
     lr = state_lib.learning_rate_schedule(cfg.optim, cfg.steps)
     logging.info("SFT warm start: %d steps x %d demonstrations (%s parameters) in %s",
                  cfg.steps, cfg.batch_size, f"{model_cfg.num_params:,}", workdir)
@@ -141,4 +144,7 @@ def train_sft(config: config_dict.ConfigDict, workdir: pathlib.Path, model_cfg: 
         writer.write(step + 1, metrics)
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
           save_state(ckpt, state, state_meta(model_cfg, iterator))
+        skips.after_step(step + 1, state, int(metrics["skipped_total"]) - skipped_before,
+                         float(metrics["grad_norm"]))
+        skipped_before = int(metrics["skipped_total"])
   return state.params
