@@ -1,7 +1,10 @@
 """Entry point: `python -m agpo_jax.main --config=configs/default.py [--workdir=DIR]`.
 
 The config file selects the mode and everything else; `--config.a.b=value` overrides any field
-(a mistyped key is an error that names it).
+(a mistyped key is an error that names it). The whole config is checked before any work
+(`validation`). A user error (a bad config value or flag, a missing file, a run that cannot
+fit) prints one `error: ...` line per problem to stderr and exits with status 2; `--debug`
+shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -10,17 +13,21 @@ import copy
 import json
 import logging as pylogging
 import pathlib
+import re
 import sys
 import time
+import traceback
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 import jax
 from absl import app, flags, logging
 from ml_collections import config_dict, config_flags
 
-from agpo_jax import configs, memory_plan, sampling
+from agpo_jax import configs, memory_plan, pretrained, sampling, validation
+from agpo_jax.evaluation import evaluate as evaluate_lib
+from agpo_jax.evaluation import report
 from agpo_jax.evaluation.evaluate import eval_splits, evaluate
-from agpo_jax.models.config import resolve_model_config
 from agpo_jax.sharding import multihost, rules
 from agpo_jax.tasks import encode_prompt, make_task
 from agpo_jax.tokenizers import load_tokenizer
@@ -31,6 +38,12 @@ from agpo_jax.verifiers import make_verifier
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to a config file (configs/*.py).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
+_DEBUG = flags.DEFINE_bool("debug", False, "On a user error (a bad config value, a missing "
+                           "file), show the traceback instead of one 'error:' line.")
+
+# What a user can fix without reading code: printed as `error: ...` lines, exit status 2.
+# (`configs.ConfigError` is a ValueError.)
+USER_ERRORS = (ValueError, FileNotFoundError, memory_plan.PlanDoesNotFit)
 
 
 def _report(text: str) -> None:
@@ -40,16 +53,22 @@ def _report(text: str) -> None:
     print(text, flush=True)
 
 
-def _setup(config: config_dict.ConfigDict):
+def _setup(config: config_dict.ConfigDict, workdir: pathlib.Path):
   """Tokenizer, model shapes, task and device mesh named by the config; the mesh's memory
-  plan is printed, and a run that cannot fit is refused before any work."""
-  tokenizer = load_tokenizer(config.tokenizer)
-  model_cfg = resolve_model_config(config.model, tokenizer.vocab_size)
+  plan is printed, and a run that cannot fit is refused before any work. With
+  `config.model.checkpoint` the architecture (and, unless `tokenizer.path` is set, the
+  tokenizer) come from the checkpoint."""
+  tokenizer_cfg = config.tokenizer
+  if config.model.checkpoint:
+    tokenizer_cfg = copy.deepcopy(config.tokenizer)
+    tokenizer_cfg.path = pretrained.tokenizer_dir(config.model, config.tokenizer, workdir)
+  tokenizer = load_tokenizer(tokenizer_cfg)
+  model_cfg = pretrained.model_config(config.model, tokenizer.vocab_size)
   task = make_task(config.task)
   mesh = rules.make_mesh(config.mesh)
   _report(f"mesh {dict(mesh.shape)} over {jax.device_count()} {jax.devices()[0].platform} "
           f"device(s) in {jax.process_count()} process(es)")
-  check_memory(config, mesh, tokenizer, task)
+  check_memory(config, mesh, tokenizer, task, model_cfg)
   return tokenizer, model_cfg, task, mesh
 
 
@@ -60,7 +79,7 @@ def device_memory_bytes() -> int | None:
 
 
 def check_memory(config: config_dict.ConfigDict, mesh: jax.sharding.Mesh, tokenizer,
-                 task) -> memory_plan.MemoryPlan:
+                 task, model_cfg=None) -> memory_plan.MemoryPlan:
   """Print the per-device memory plan of this run; raise `PlanDoesNotFit` (naming every
   component) when it exceeds the device memory (`config.memory.device_gib`, else what the
   runtime reports), unless `config.memory.check` is False."""
@@ -68,7 +87,8 @@ def check_memory(config: config_dict.ConfigDict, mesh: jax.sharding.Mesh, tokeni
   prompt_len = sampling.bucket_length(max(len(encode_prompt(tokenizer, p)) for p in problems),
                                       config.sampling.min_prompt_bucket)
   plan = memory_plan.plan_from_config(config, dict(mesh.shape), prompt_len=prompt_len,
-                                      tokenizer_vocab_size=tokenizer.vocab_size)
+                                      tokenizer_vocab_size=tokenizer.vocab_size,
+                                      model_cfg=model_cfg)
   if config.mode in ("pipeline", "evaluate"):  # evaluation calls hold their own caches
     dp = rules.data_parallel_size(mesh)
     eval_rows = (-(-config.eval.batch_prompts // dp) * dp
@@ -117,7 +137,7 @@ def _first_split(config: config_dict.ConfigDict) -> config_dict.ConfigDict:
 
 def run_sample(config: config_dict.ConfigDict, workdir: pathlib.Path) -> dict:
   """Draw completions from the configured model and print them with decode throughput."""
-  tokenizer, model_cfg, task, mesh = _setup(config)
+  tokenizer, model_cfg, task, mesh = _setup(config, workdir)
   rng = jax.random.key(config.seed, impl=config.prng_impl)
   params, _ = _initial_params(config, workdir, model_cfg, tokenizer, task, mesh)
   sampler = sampling.Sampler.from_config(config, model_cfg, tokenizer, mesh)
@@ -144,27 +164,43 @@ def run_sample(config: config_dict.ConfigDict, workdir: pathlib.Path) -> dict:
   return {"tokens_per_second": tokens / seconds, "rollout": out}
 
 
-def _initial_params(config, workdir, model_cfg, tokenizer, task, mesh):
-  """The warm start's params when the workdir has one (finished if it was not), else a random
-  init; either way sharded on `mesh`. Returns (params, label)."""
-  if (workdir / "sft").exists():
-    return train_sft(config, workdir / "sft", model_cfg, tokenizer, task.split("train"),
-                     mesh=mesh), "sft"
+def _start_params(config, model_cfg, mesh):
+  """The parameters a run starts from, sharded on `mesh`: the pretrained checkpoint's
+  (`config.model.checkpoint`), else a random init. Returns (params, label)."""
+  if config.model.checkpoint:
+    return pretrained.load_params(config.model, model_cfg, mesh), "pretrained"
   rng = jax.random.key(config.seed, impl=config.prng_impl)
   return rules.init_params_sharded(model_cfg, rng, mesh), "init"
 
 
+def _warm_start(config, workdir, model_cfg, tokenizer, task, mesh):
+  """The SFT warm start (cached in WORKDIR/sft) from the run's starting parameters; with
+  `sft.steps=0` the starting parameters themselves."""
+  if not config.sft.steps:
+    return _start_params(config, model_cfg, mesh)
+  params = _start_params(config, model_cfg, mesh)[0] if config.model.checkpoint else None
+  return train_sft(config, workdir / "sft", model_cfg, tokenizer, task.split("train"),
+                   params=params, mesh=mesh), "sft"
+
+
+def _initial_params(config, workdir, model_cfg, tokenizer, task, mesh):
+  """The warm start's params when the workdir has one (finished if it was not), else the
+  starting parameters; either way sharded on `mesh`. Returns (params, label)."""
+  if (workdir / "sft").exists() and config.sft.steps:
+    return _warm_start(config, workdir, model_cfg, tokenizer, task, mesh)
+  return _start_params(config, model_cfg, mesh)
+
+
 def run_sft(config: config_dict.ConfigDict, workdir: pathlib.Path) -> dict:
-  tokenizer, model_cfg, task, mesh = _setup(config)
-  params = train_sft(config, workdir / "sft", model_cfg, tokenizer, task.split("train"),
-                     mesh=mesh)
+  tokenizer, model_cfg, task, mesh = _setup(config, workdir)
+  params, _ = _warm_start(config, workdir, model_cfg, tokenizer, task, mesh)
   return {"params": params}
 
 
 def run_rl(config: config_dict.ConfigDict, workdir: pathlib.Path) -> dict:
   """RL from the workdir's warm start if it has one, else from a random init."""
   config = _first_split(config)
-  tokenizer, model_cfg, task, mesh = _setup(config)
+  tokenizer, model_cfg, task, mesh = _setup(config, workdir)
   params, _ = _initial_params(config, workdir, model_cfg, tokenizer, task, mesh)
   sampler = sampling.Sampler.from_config(config, model_cfg, tokenizer, mesh)
   with make_verifier(config.verifier) as verifier:
@@ -178,7 +214,7 @@ def run_rl(config: config_dict.ConfigDict, workdir: pathlib.Path) -> dict:
 def run_evaluate(config: config_dict.ConfigDict, workdir: pathlib.Path) -> dict:
   """Evaluate the workdir's latest model (RL if present, else SFT) on each split (benchmark)
   of config.eval.split: a count file and a JSON summary per split in WORKDIR/eval/."""
-  tokenizer, model_cfg, task, mesh = _setup(config)
+  tokenizer, model_cfg, task, mesh = _setup(config, workdir)
   params, label = _initial_params(config, workdir, model_cfg, tokenizer, task, mesh)
   trained = restore_rl_params(config, workdir / "rl", model_cfg, params, mesh)
   if trained is not None:
@@ -195,17 +231,44 @@ def run_evaluate(config: config_dict.ConfigDict, workdir: pathlib.Path) -> dict:
                                      f"eval {label} on {split}")
   _report("".join(f"\n{split} ({summary['num_problems']} problems, n = {summary['n']}):\n"
                   + format_pass_table({label: summary}) for split, summary in summaries.items()))
-  return {"summaries": summaries, "summary": next(iter(summaries.values())), "label": label}
+  results = _evaluated_models(config, workdir, {label: summaries})
+  table = report.benchmark_table(results)
+  _report(f"\nevery model evaluated in {workdir} with these settings:\n{table}")
+  if jax.process_index() == 0:
+    (workdir / "eval" / "table.md").write_text(table + "\n")
+    (workdir / "eval" / "table.json").write_text(
+        json.dumps(results, indent=2, default=float) + "\n")
+    report.plot_benchmarks(results, workdir / "eval")
+  return {"summaries": summaries, "summary": next(iter(summaries.values())), "label": label,
+          "results": results}
+
+
+def _evaluated_models(config, workdir: pathlib.Path, latest: dict) -> dict:
+  """`{model: {split: summary}}`: `latest` plus every other model whose summaries for these
+  splits, at these evaluation settings, are in WORKDIR/eval (e.g. the base model a pipeline
+  evaluated), models in the order their files were written."""
+  found: dict[str, dict] = {}
+  for split in eval_splits(config):
+    one = copy.deepcopy(config)
+    one.eval.split = split
+    suffix = _counts_path(one, workdir, "").name  # "_{split}_n..._s....jsonl"
+    for counts in sorted((workdir / "eval").glob(f"*{suffix}"), key=lambda p: p.stat().st_mtime):
+      summary = evaluate_lib.summary_path(counts)
+      label = counts.name[:-len(suffix)]
+      if label and summary.is_file():
+        found.setdefault(label, {})[split] = json.loads(summary.read_text())
+  for label, summaries in latest.items():
+    found[label] = summaries
+  return found
 
 
 def run_pipeline(config: config_dict.ConfigDict, workdir: pathlib.Path) -> dict:
   """Warm start (cached), evaluate the base, RL, evaluate the trained model, compare (on the
   first split of config.eval.split)."""
   config = _first_split(config)
-  tokenizer, model_cfg, task, mesh = _setup(config)
+  tokenizer, model_cfg, task, mesh = _setup(config, workdir)
   started = time.perf_counter()
-  base = train_sft(config, workdir / "sft", model_cfg, tokenizer, task.split("train"),
-                   mesh=mesh)
+  base, _ = _warm_start(config, workdir, model_cfg, tokenizer, task, mesh)
   sampler = sampling.Sampler.from_config(config, model_cfg, tokenizer, mesh)
   heldout = task.split(config.eval.split)
   summaries = {}
@@ -260,9 +323,16 @@ def run(config: config_dict.ConfigDict, workdir: str | pathlib.Path,
   """Run the mode named by `config.mode` in `workdir`; returns its results.
 
   `config.algo.preset` is written into the config first, except the keys in `explicit_keys`
-  (the command line's overrides win over a preset)."""
-  mode = configs.require_choice(config, "mode", MODES)
+  (the command line's overrides win over a preset). Then the whole config is checked, before
+  anything else is done (no device, no tokenizer, nothing written to `workdir`).
+
+  Raises:
+    configs.ConfigError: naming every problem of the config, one line each
+      (`validation.config_problems`).
+  """
   configs.resolve_presets(config, explicit_keys)
+  validation.check_config(config)
+  mode = configs.require_choice(config, "mode", MODES)
   if "distributed" in config:  # first: nothing may touch a device before it
     multihost.initialize_distributed(config.distributed)
   workdir = pathlib.Path(workdir)
@@ -272,17 +342,79 @@ def run(config: config_dict.ConfigDict, workdir: str | pathlib.Path,
   return MODES[mode](config, workdir)
 
 
+def _debug_requested(argv: Sequence[str]) -> bool:
+  """Whether argv asks for `--debug` (read before absl has parsed the flags)."""
+  debug = False
+  for arg in argv:
+    if arg in ("--debug", "-debug") or arg.lower() in ("--debug=true", "--debug=1"):
+      debug = True
+    elif arg in ("--nodebug", "-nodebug") or arg.lower() in ("--debug=false", "--debug=0"):
+      debug = False
+  return debug
+
+
+def error_lines(error: BaseException) -> list[str]:
+  """The `error: ...` lines a user error prints: one per line of a ConfigError (one problem
+  each), else the message (a KeyError's without its quotes)."""
+  message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+  message = str(message) or type(error).__name__
+  if isinstance(error, (configs.ConfigError, KeyError)):
+    return [f"error: {line}" for line in message.splitlines() if line.strip()]
+  return [f"error: {message}"]
+
+
+def _exit_with(lines: Sequence[str]) -> NoReturn:
+  print("\n".join(lines), file=sys.stderr, flush=True)
+  sys.exit(2)
+
+
+_FLAG_VALUE = re.compile(r"^flag --config\.([A-Za-z0-9_.]+)=(.*?): (.*)$", re.DOTALL)
+
+
+def flag_error_line(error: flags.Error, cfg: config_dict.ConfigDict | None) -> str:
+  """One line for an absl flag error: for a `--config.x.y=v` value absl cannot parse, the key,
+  the value and the type the field holds (read from `cfg`, the loaded config file)."""
+  text = str(error).strip()
+  match = _FLAG_VALUE.match(text)
+  if not match:
+    return f"error: {text.splitlines()[0] if text else type(error).__name__}"
+  key, value, reason = match.groups()
+  expected = ""
+  parent, _, leaf = key.rpartition(".")
+  try:
+    node = cfg
+    for part in parent.split(".") if parent else ():
+      node = node[part]
+    expected = node.get_ref(leaf).get_type().__name__
+  except (AttributeError, KeyError, TypeError):
+    pass
+  if expected:
+    allowed = f"must be {'an' if expected[0] in 'aeiou' else 'a'} {expected}"
+  else:
+    allowed = reason.splitlines()[0]
+  return f"error: config.{key}: got {value!r} (from --config.{key}={value}); {allowed}"
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
-  """absl flag parsing, after checking every --config.x override names a real key."""
+  """absl flag parsing, after checking every --config.x override names a real key; a mistake
+  is one `error:` line and exit status 2 (`--debug`: the traceback)."""
+  debug = _debug_requested(argv[1:])
   config_path = configs.config_path_from_argv(argv)
+  cfg = None
   if config_path is not None:
     try:
-      configs.check_overrides(configs.load_config_file(config_path), argv[1:])
+      cfg = configs.load_config_file(config_path)
+      configs.check_overrides(cfg, argv[1:])
     except (KeyError, FileNotFoundError, ValueError) as error:
-      message = error.args[0] if isinstance(error, KeyError) else str(error)
-      print(f"error: {message}", file=sys.stderr)
-      sys.exit(2)
-  return flags.FLAGS(argv)
+      if debug:
+        raise
+      _exit_with(error_lines(error))
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as error:
+    if debug:
+      traceback.print_exc()
+    _exit_with([flag_error_line(error, cfg)])
 
 
 class _OwnInfoOnly(pylogging.Filter):
@@ -310,9 +442,10 @@ def main(argv: list[str]) -> None:
   workdir = _WORKDIR.value or f"runs/{_CONFIG.value.mode}-{time.strftime('%Y%m%d-%H%M%S')}"
   try:
     run(_CONFIG.value, workdir, configs.override_keys(sys.argv[1:]))
-  except (configs.ConfigError, memory_plan.PlanDoesNotFit) as error:
-    print(f"error: {error}", file=sys.stderr)
-    sys.exit(2)
+  except USER_ERRORS as error:
+    if _DEBUG.value:
+      raise
+    _exit_with(error_lines(error))
 
 
 if __name__ == "__main__":

@@ -138,7 +138,7 @@ def test_bad_line_in_a_gzipped_file_names_file_and_line(tmp_path):
   path = tmp_path / "math500.jsonl.gz"
   good = json.dumps({"problem": "1+1?", "answer": "2"})
   _write_gzip_lines(path, [good, good, '{"problem": 3, "answer": "2"}'])
-  with pytest.raises(ValueError, match="missing string field 'problem'") as error:
+  with pytest.raises(ValueError, match="field 'problem' must be a string, got int 3") as error:
     load_benchmark("math500", data_dir=tmp_path)
   assert f"{path}:3:" in str(error.value)
 
@@ -155,7 +155,13 @@ def test_corrupt_gzip_names_the_file(tmp_path):
     "bad_line, message",
     [
         ('{"problem": "2+2?", "answer": ', "malformed JSON"),
-        ('{"problem": "2+2?"}', "missing string field 'answer'"),
+        ('{"problem": "2+2?"}', r"missing field 'answer' \(has \['problem'\]\)"),
+        ('{"problem": "2+2?", "answer": ""}', "field 'answer' is empty"),
+        ('{"problem": "2+2?", "answer": "  "}', "field 'answer' is empty"),
+        ('{"problem": "", "answer": "4"}', "field 'problem' is empty"),
+        ('{"problem": "2+2?", "answer": null}', "field 'answer' must be a string or a number, "
+         "got NoneType None"),
+        ('{"problem": "2+2?", "answer": true}', "field 'answer' must be a string or a number"),
         ('["not", "an", "object"]', "expected a JSON object"),
     ],
 )
@@ -173,6 +179,60 @@ def test_gsm8k_line_without_marker_names_the_line(tmp_path):
   _write_lines(tmp_path / "gsm8k_test.jsonl", [line])
   with pytest.raises(ValueError, match=r"gsm8k_test.jsonl:1: .*####"):
     load_benchmark("gsm8k", data_dir=tmp_path)
+
+
+@pytest.mark.parametrize("solution", ["so\n####", "so\n####  ", "so\n#### five", "so\n#### 1,2x"])
+def test_gsm8k_marker_without_a_number_names_the_line(tmp_path, solution):
+  good = json.dumps({"question": "q", "answer": "so\n#### 7"})
+  _write_lines(tmp_path / "gsm8k_test.jsonl", [good, json.dumps({"question": "q",
+                                                                "answer": solution})])
+  with pytest.raises(ValueError, match=r"gsm8k_test.jsonl:2: GSM8K solution has no number "
+                     r"after its last '####'"):
+    load_benchmark("gsm8k", data_dir=tmp_path)
+
+
+def test_numeric_answers_are_read_as_their_string_form(tmp_path):
+  lines = [json.dumps({"problem": "6*7?", "answer": 42}), json.dumps({"problem": "1/2?",
+                                                                      "answer": 0.5}),
+           json.dumps({"problem": "-3?", "answer": -3})]
+  _write_lines(tmp_path / "amc2023.jsonl", lines)
+  assert [p.answer for p in load_benchmark("amc23", data_dir=tmp_path)] == ["42", "0.5", "-3"]
+  # GSM8K: a number where the solution would be is the final answer itself.
+  _write_lines(tmp_path / "gsm8k_test.jsonl", [json.dumps({"question": "q", "answer": 18})])
+  (problem,) = load_benchmark("gsm8k", data_dir=tmp_path)
+  assert problem.answer == "18" and problem.solution is None
+
+
+@pytest.mark.parametrize("content, what", [(b"", "an empty file"),
+                                           (b"\n  \n\n", "only blank lines")])
+def test_a_file_without_problems_is_an_error(tmp_path, content, what):
+  path = tmp_path / "aime24.jsonl"
+  path.write_bytes(content)
+  with pytest.raises(ValueError, match=f"no problems \\({what}\\)") as error:
+    load_benchmark("aime24", data_dir=tmp_path)
+  assert str(error.value).startswith(f"{path}: ")
+  gzipped = tmp_path / "gz" / "aime24.jsonl.gz"
+  gzipped.parent.mkdir()
+  gzipped.write_bytes(gzip.compress(content))
+  with pytest.raises(ValueError, match=f"{gzipped}: no problems"):
+    load_benchmark("aime24", data_dir=gzipped.parent)
+
+
+@pytest.mark.parametrize("gzipped", [False, True])
+def test_invalid_utf8_names_file_and_line(tmp_path, gzipped):
+  good = json.dumps({"problem": "1+1?", "answer": "2"}).encode()
+  content = good + b"\n" + good + b'\n{"problem": "caf\xe9?", "answer": "2"}\n' + good + b"\n"
+  path = tmp_path / ("math500.jsonl.gz" if gzipped else "math500.jsonl")
+  path.write_bytes(gzip.compress(content) if gzipped else content)
+  with pytest.raises(ValueError, match=r"not valid UTF-8 \(byte 0xe9") as error:
+    load_benchmark("math500", data_dir=tmp_path)
+  assert str(error.value).startswith(f"{path}:3: ")
+
+
+def test_a_utf8_byte_order_mark_is_accepted(tmp_path):
+  path = tmp_path / "math500.jsonl"
+  path.write_bytes(b"\xef\xbb\xbf" + json.dumps({"problem": "1+1?", "answer": "2"}).encode())
+  assert [p.answer for p in load_benchmark("math500", data_dir=tmp_path)] == ["2"]
 
 
 def test_missing_file_names_the_path(tmp_path):

@@ -7,6 +7,8 @@ import subprocess
 import sys
 
 import pytest
+from absl import flags
+from absl.testing import flagsaver
 
 from agpo_jax import configs, main
 
@@ -14,8 +16,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT = str(ROOT / "configs" / "default.py")
 
 
-def _cli(*args, workdir):
-  env = dict(os.environ, PYTHONPATH=str(ROOT))
+def _cli(*args, workdir, env=None):
+  env = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
   return subprocess.run([sys.executable, "-m", "agpo_jax.main", f"--config={DEFAULT}",
                          f"--workdir={workdir}", *args], capture_output=True, text=True,
                         env=env, cwd=ROOT, timeout=300)
@@ -41,10 +43,104 @@ def test_cli_names_unknown_keys(tmp_path):
   assert "unknown config key 'config.nope'" in result.stderr
 
 
-def test_cli_names_a_bad_choice(tmp_path):
-  result = _cli("--config.mode=trian", workdir=tmp_path)
+def test_cli_refuses_a_bad_value_in_one_line_before_any_work(tmp_path):
+  workdir = tmp_path / "run"
+  result = _cli("--config.mode=trian", workdir=workdir)
   assert result.returncode == 2
-  assert "config.mode='trian' is not one of" in result.stderr
+  assert result.stderr.splitlines() == [
+      "error: config.mode: got 'trian'; must be one of "
+      "('pipeline', 'sft', 'rl', 'evaluate', 'sample')"]
+  assert not workdir.exists()
+
+
+def test_cli_names_the_key_of_a_value_absl_cannot_parse(tmp_path):
+  result = _cli("--config.train.steps=abc", workdir=tmp_path / "run")
+  assert result.returncode == 2
+  assert result.stderr.splitlines() == [
+      "error: config.train.steps: got 'abc' (from --config.train.steps=abc); must be an int"]
+  assert not (tmp_path / "run").exists()
+
+
+def test_cli_debug_shows_the_traceback(tmp_path):
+  result = _cli("--config.mode=rl", "--config.optim.lr=-1", "--debug", workdir=tmp_path / "run")
+  assert result.returncode != 0
+  assert "Traceback (most recent call last)" in result.stderr
+  assert ("ConfigError: config.optim.lr: got -1.0; must be a number > 0 (the learning rate)"
+          in result.stderr)
+  assert not (tmp_path / "run").exists()
+
+
+def test_cli_reports_a_missing_file_in_one_line(tmp_path):
+  """A FileNotFoundError (here: no benchmark file in the data directory) is a user error."""
+  env = {"AGPO_DATA_DIR": str(tmp_path)}
+  result = _cli("--config.task.name=aime24", "--config.verifier.kind=math", "--config.mode=sft",
+                workdir=tmp_path / "run", env=env)
+  assert result.returncode == 2, result.stderr
+  errors = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+  assert len(errors) == 1 and "Traceback" not in result.stderr
+  assert errors[0].startswith("error: benchmark 'gsm8k_train': gsm8k_train.jsonl not found")
+  assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["config.json"]
+
+
+# Each bad value of issue 12: refused by main.run before anything is done, naming the key.
+REFUSED = [
+    ({"mode": "rl", "optim.lr": -1.0}, "config.optim.lr: got -1.0; must be a number > 0"),
+    ({"mode": "rl", "train.steps": 0}, "config.train.steps: got 0; must be an integer >= 1"),
+    ({"train.steps": -5}, "config.train.steps: got -5; must be an integer >= 0"),
+    ({"mode": "rl", "sampling.num_samples": 1, "algo.name": "rloo"},
+     "config.sampling.num_samples: got 1; algo.name='rloo' is group-relative"),
+    ({"sampling.num_samples": 1, "algo.name": "grpo"},
+     "config.sampling.num_samples: got 1; algo.name='grpo' is group-relative"),
+    ({"train.batch_prompts": 0}, "config.train.batch_prompts: got 0; must be an integer >= 1"),
+    ({"algo.name": "gpro"}, "config.algo.name: got 'gpro'; must be one of"),
+]
+
+
+@pytest.mark.parametrize("overrides, message", REFUSED, ids=[str(r[0]) for r in REFUSED])
+def test_run_refuses_bad_values_before_any_work(tmp_path, overrides, message):
+  cfg = configs.load_config_file(DEFAULT)
+  for key, value in overrides.items():
+    section, _, field = key.rpartition(".")
+    setattr(cfg[section] if section else cfg, field, value)
+  workdir = tmp_path / "run"
+  with pytest.raises(configs.ConfigError) as error:
+    main.run(cfg, workdir)
+  (line,) = str(error.value).splitlines()
+  assert line.startswith(message), line
+  assert main.error_lines(error.value) == [f"error: {line}"]
+  assert not workdir.exists()  # no config.json, no warm start, no evaluation
+
+
+@pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarning")  # config_flags
+@pytest.mark.parametrize("error", [ValueError("demonstration 'x' has 70 tokens > 64"),
+                                   FileNotFoundError("config file not found: x.py")])
+def test_main_turns_a_user_error_into_one_line_and_debug_into_its_traceback(
+    monkeypatch, capsys, tmp_path, error):
+  def failing_run(*args, **kwargs):
+    raise error
+
+  monkeypatch.setattr(main, "run", failing_run)
+  monkeypatch.setattr(main, "_configure_logging", lambda: None)  # leave the session's logging
+  argv = ["agpo_jax.main", f"--config={DEFAULT}", f"--workdir={tmp_path}"]
+  with flagsaver.flagsaver():
+    flags.FLAGS(argv)
+    with pytest.raises(SystemExit) as exit_:
+      main.main(argv[:1])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [f"error: {error}"]
+    flags.FLAGS(argv + ["--debug"])
+    with pytest.raises(type(error)):
+      main.main(argv[:1])
+
+
+def test_error_lines():
+  problems = configs.ConfigError("config.a: got 1; must be 2\nconfig.b: got 3; must be 4")
+  assert main.error_lines(problems) == ["error: config.a: got 1; must be 2",
+                                        "error: config.b: got 3; must be 4"]
+  assert main.error_lines(FileNotFoundError("config file not found: x.py")) == [
+      "error: config file not found: x.py"]
+  assert main.error_lines(KeyError("unknown config key 'config.nope'")) == [
+      "error: unknown config key 'config.nope'"]
 
 
 def test_check_overrides_accepts_known_keys():

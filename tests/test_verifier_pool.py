@@ -254,3 +254,72 @@ def test_interpreter_exits_cleanly_without_close():
   while not all(_is_gone(int(pid)) for pid in pid_line.split()) and time.monotonic() < deadline:
     time.sleep(0.1)
   assert all(_is_gone(int(pid)) for pid in pid_line.split())
+
+
+_ORPHAN_PARENT = textwrap.dedent(
+    """
+    import sys, threading, time
+    from agpo_jax.verifiers import Reference, VerifierPool
+    if __name__ == "__main__":
+        pools = []
+        start = lambda: pools.append(
+            VerifierPool(num_workers=1, timeout_s=600, enable_test_hooks=True))
+        if sys.argv[1] == "thread":  # started from a thread that then ends
+            thread = threading.Thread(target=start)
+            thread.start()
+            thread.join()
+            time.sleep(0.5)
+        else:
+            start()
+        (pool,) = pools
+        pids = pool.worker_pids
+        statuses = pool(["\\\\boxed{1}"], ["1"])[1]
+        print(*pids, statuses == ["correct"] and pool.worker_pids == pids, flush=True)
+        threading.Thread(target=pool, args=(["x"], [Reference("", "_test_hang")]),
+                         daemon=True).start()  # the worker spins on a hung item
+        time.sleep(0.5)
+        print("busy", flush=True)
+        time.sleep(600)
+    """
+)
+
+
+def _is_running(pid: int) -> bool:
+  """False once the process has exited (a zombie awaiting its reaper counts as exited)."""
+  try:
+    with open(f"/proc/{pid}/stat") as f:
+      return f.read().rpartition(")")[2].split()[0] != "Z"
+  except FileNotFoundError:
+    return False
+  except OSError:
+    return not _is_gone(pid)
+
+
+@pytest.mark.parametrize("started_from", ["main", "thread"])
+def test_workers_die_with_a_killed_parent(started_from):
+  """SIGKILL the process holding a pool whose worker is busy on a hung item: the worker must
+  not outlive it (Linux: the kernel's parent-death signal; everywhere: the watcher thread,
+  which alone covers a pool started from a thread that has ended)."""
+  parent = subprocess.Popen([sys.executable, "-c", _ORPHAN_PARENT, started_from], cwd=REPO_ROOT,
+                            stdout=subprocess.PIPE, text=True)
+  pids = []
+  try:
+    with _fails_after(120):
+      *pid_fields, intact = parent.stdout.readline().split()
+      pids = [int(pid) for pid in pid_fields]
+      assert parent.stdout.readline().strip() == "busy"
+    assert intact == "True"  # the worker outlived the thread that started it, and grades
+    assert pids and all(_is_running(pid) for pid in pids)
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 2.5
+    while any(_is_running(pid) for pid in pids) and time.monotonic() < deadline:
+      time.sleep(0.05)
+    assert not any(_is_running(pid) for pid in pids)
+  finally:
+    if parent.poll() is None:
+      parent.kill()
+      parent.wait()
+    for pid in pids:
+      if _is_running(pid):
+        os.kill(pid, signal.SIGKILL)

@@ -18,6 +18,7 @@ import gzip
 import json
 import os
 import pathlib
+import re
 import types
 import zlib
 from typing import Callable
@@ -39,6 +40,8 @@ DEFAULT_DATA_DIRS = (
     _REPO_ROOT / ".." / "shared" / "data" / "benchmarks",
 )
 COMPRESSED_SUFFIX = ".gz"
+# A GSM8K final answer (after '####', thousands separators removed): an integer or a decimal.
+_GSM8K_NUMBER = re.compile(r"^[-+]?(\d+(\.\d*)?|\.\d+)$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,14 +143,18 @@ def _spec(name: str) -> BenchmarkSpec:
   return BENCHMARKS[name]
 
 
-def _open_text(path: pathlib.Path):
+def _open_binary(path: pathlib.Path):
   if path.name.endswith(COMPRESSED_SUFFIX):
-    return gzip.open(path, "rt", encoding="utf-8")
-  return open(path, encoding="utf-8")
+    return gzip.open(path, "rb")
+  return open(path, "rb")
 
 
 def read_jsonl_problems(path: str | os.PathLike, spec: BenchmarkSpec) -> list[Problem]:
   """Parses a benchmark file, plain or gzipped (by its '.gz' suffix).
+
+  Each line is a JSON object with the spec's question field (a non-empty string) and answer
+  field: a non-empty string, or a JSON number, taken in its string form (42 -> "42",
+  0.5 -> "0.5").
 
   Args:
     path: The file.
@@ -157,20 +164,50 @@ def read_jsonl_problems(path: str | os.PathLike, spec: BenchmarkSpec) -> list[Pr
     The problems in file order, with ids `NAME/0`, `NAME/1`, ... (blank lines skipped).
 
   Raises:
-    ValueError: A bad line (naming the file and line number) or a corrupt gzip stream.
+    ValueError: A bad line, naming the file and line number (malformed JSON or UTF-8, a
+      missing field, an empty answer, a GSM8K solution without a final number), a file with
+      no problems, or a corrupt gzip stream.
   """
   path = pathlib.Path(path)
   problems = []
   line_number = 0
   try:
-    with _open_text(path) as f:
-      for line_number, line in enumerate(f, start=1):
+    with _open_binary(path) as f:
+      for line_number, raw in enumerate(f, start=1):
+        where = f"{path}:{line_number}"
+        try:
+          line = raw.decode("utf-8-sig" if line_number == 1 else "utf-8")
+        except UnicodeDecodeError as e:
+          raise ValueError(f"{where}: not valid UTF-8 (byte {e.object[e.start]:#04x}: {e.reason});"
+                           " benchmark files are UTF-8 JSONL") from None
         if line.strip():
-          problems.append(_parse_line(line, f"{path}:{line_number}", spec, len(problems)))
+          problems.append(_parse_line(line, where, spec, len(problems)))
   except (gzip.BadGzipFile, EOFError, zlib.error) as e:
     raise ValueError(f"{path}: unreadable gzip data after line {line_number} "
                      f"({type(e).__name__}: {e})") from None
+  if not problems:
+    raise ValueError(
+        f"{path}: no problems ({'an empty file' if not line_number else 'only blank lines'}); "
+        f"expected one JSON object per line with fields {spec.question_field!r} and "
+        f"{spec.answer_field!r}")
   return problems
+
+
+def _field_text(record: dict, field: str, where: str, numbers: bool) -> str:
+  """`record[field]` as text: a non-blank string, or (`numbers`) a JSON number in its string
+  form."""
+  if field not in record:
+    raise ValueError(f"{where}: missing field {field!r} (has {sorted(record)})")
+  value = record[field]
+  if numbers and isinstance(value, (int, float)) and not isinstance(value, bool):
+    value = str(value)
+  if not isinstance(value, str):
+    kinds = "a string or a number" if numbers else "a string"
+    raise ValueError(f"{where}: field {field!r} must be {kinds}, got {type(value).__name__} "
+                     f"{value!r}")
+  if not value.strip():
+    raise ValueError(f"{where}: field {field!r} is empty")
+  return value
 
 
 def _parse_line(line: str, where: str, spec: BenchmarkSpec, index: int) -> Problem:
@@ -180,17 +217,20 @@ def _parse_line(line: str, where: str, spec: BenchmarkSpec, index: int) -> Probl
     raise ValueError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
   if not isinstance(record, dict):
     raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
-  for field in (spec.question_field, spec.answer_field):
-    if not isinstance(record.get(field), str):
-      raise ValueError(f"{where}: missing string field {field!r} (has {sorted(record)})")
-  answer, solution = record[spec.answer_field], None
-  if spec.answer_from_solution is not None:
+  question = _field_text(record, spec.question_field, where, numbers=False)
+  answer = _field_text(record, spec.answer_field, where, numbers=True)
+  solution = None
+  if spec.answer_from_solution is not None and isinstance(record[spec.answer_field], str):
     try:
       answer, solution = spec.answer_from_solution(answer), answer
     except ValueError as e:
       raise ValueError(f"{where}: {e}") from None
-  return math_problem(f"{spec.name}/{index}", record[spec.question_field], answer, spec.name,
-                      solution)
+    if spec.answer_from_solution is gsm8k_final_answer and not _GSM8K_NUMBER.match(answer):
+      raise ValueError(f"{where}: GSM8K solution has no number after its last '####' (got "
+                       f"{answer!r}); the final line must be '#### <number>'")
+    if not answer.strip():
+      raise ValueError(f"{where}: field {spec.answer_field!r} gives an empty final answer")
+  return math_problem(f"{spec.name}/{index}", question, answer, spec.name, solution)
 
 
 def load_benchmark(source: str, data_dir: str | os.PathLike | None = None) -> list[Problem]:

@@ -10,17 +10,24 @@ stuck in a big-integer power never returns to the interpreter to notice them.
 
 Workers are started with 'spawn' (or 'forkserver'), never 'fork': forking a parent that has
 initialised JAX's thread pools deadlocks.
+
+Workers die with their parent, even mid-item (a worker stuck in a hung parse never reads the
+closed pipe): on Linux the kernel kills them when the parent exits (`PR_SET_PDEATHSIG`), and
+everywhere a watcher thread in the worker exits it once its parent process is gone.
 """
 
 from __future__ import annotations
 
 import collections
+import ctypes
 import dataclasses
 import math
 import multiprocessing
 import os
 import signal
 import socket
+import sys
+import threading
 import time
 import weakref
 from multiprocessing import connection
@@ -98,7 +105,47 @@ def _grade_one(
   return grade._replace(answer=grade.answer[:limit], detail=grade.detail[:500])
 
 
-def _worker_main(conn, options: dict, memory_limit_mb: int, test_hooks: bool) -> None:
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+# How often the watcher thread checks that the parent is alive.
+PARENT_POLL_S = 0.2
+
+
+def _watch_parent(parent_pid: int) -> None:
+  """Kills this process once its parent is gone (it is then reparented: `getppid` changes)."""
+  while os.getppid() == parent_pid:
+    time.sleep(PARENT_POLL_S)
+  os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _exit_with_parent(parent_pid: int | None, kernel_signal: bool) -> None:
+  """Makes this worker die when its parent process does.
+
+  Args:
+    parent_pid: the parent's pid as the parent saw it (None: whatever `getppid` says now,
+      for a worker started through a fork server).
+    kernel_signal: ask Linux for SIGKILL when the parent exits (`PR_SET_PDEATHSIG`). The
+      kernel sends it when the *thread* that started the worker exits, so the parent asks for
+      it only from its main thread; the watcher thread covers the rest (and other systems). The
+      watcher needs the GIL, which a C extension stuck in one call may hold: the kernel signal
+      does not.
+  """
+  if kernel_signal and sys.platform.startswith("linux"):
+    try:
+      libc = ctypes.CDLL(None, use_errno=True)
+      libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # no prctl: the watcher alone
+      pass
+  if parent_pid is None:
+    parent_pid = os.getppid()
+  elif os.getppid() != parent_pid:  # the parent died before the signal was asked for
+    os.kill(os.getpid(), signal.SIGKILL)
+  threading.Thread(target=_watch_parent, args=(parent_pid,), name="agpo-verifier-parent-watch",
+                   daemon=True).start()
+
+
+def _worker_main(conn, options: dict, memory_limit_mb: int, test_hooks: bool,
+                 parent_pid: int | None = None, kernel_signal: bool = False) -> None:
+  _exit_with_parent(parent_pid, kernel_signal)
   # Ctrl-C reaches the whole process group; the parent decides when workers stop.
   signal.signal(signal.SIGINT, signal.SIG_IGN)
   grader = MathGrader(**options)
@@ -218,6 +265,7 @@ class VerifierPool:
     )
     self._memory_limit_mb = int(memory_limit_mb)
     self._test_hooks = bool(enable_test_hooks)
+    self._start_method = start_method
     self._context = multiprocessing.get_context(start_method)
     self._workers: list[_Worker] = []
     # Closes the workers when the pool is garbage-collected or at interpreter exit.
@@ -232,9 +280,12 @@ class VerifierPool:
 
   def _start_worker(self) -> _Worker:
     parent_conn, child_conn = self._context.Pipe(duplex=True)
+    spawned = self._start_method == "spawn"  # else the fork server is the worker's parent
     process = self._context.Process(
         target=_worker_main,
-        args=(child_conn, self._options, self._memory_limit_mb, self._test_hooks),
+        args=(child_conn, self._options, self._memory_limit_mb, self._test_hooks,
+              os.getpid() if spawned else None,
+              not spawned or threading.current_thread() is threading.main_thread()),
         name="agpo-verifier",
         daemon=True,
     )
