@@ -4,33 +4,52 @@ Three tokenizers satisfy `Tokenizer`:
 
 - `CharTokenizer`: one id per character of a fixed alphabet, for the embedded testbed.
 - `SentencePieceTokenizer`: a SentencePiece `.model` (Llama-2 style base models).
-- `HFTokenizer`: a Hugging Face `tokenizer.json` (Qwen2.5, Llama-3), with bos / eos / pad read
-  from the `tokenizer_config.json`, `special_tokens_map.json` and `generation_config.json` next
-  to it.
+- `HFTokenizer`: a Hugging Face `tokenizer.json` (Qwen2.5, Llama-3), with bos / eos / pad, stop
+  ids and the checkpoint's own chat template read from the `tokenizer_config.json`,
+  `special_tokens_map.json`, `generation_config.json` and `chat_template.jinja` next to it.
 
-`render_chat` turns a conversation into the exact prompt string a model family was trained on
-('qwen', 'llama3' or 'plain'), and `encode_chat` renders with the tokenizer's template and
-encodes, so that chat markers such as `<|im_start|>` become their single special ids.
+Chat templates come in two kinds:
+
+- the checkpoint's own Jinja template (`ChatTemplate`, template name 'hf'), rendered exactly as
+  `transformers`' `apply_chat_template` renders it, so prompts are token-identical to it;
+- hand-written per-family fallbacks ('qwen', 'llama3', 'plain') for tokenizers without one.
+
+`render_chat` renders a fallback (or a `ChatTemplate`), `render_tokenizer_chat` renders with
+whatever template a tokenizer uses, and `encode_chat` renders and encodes, so that chat markers
+such as `<|im_start|>` become their single special ids.
 
 `load_tokenizer(cfg)` builds a tokenizer from the `tokenizer_config()` ConfigDict.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import pathlib
+import traceback
 import types
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
+import jinja2
+import jinja2.ext
+import jinja2.nodes
+import jinja2.sandbox
+import jinja2.utils
 import numpy as np
 import sentencepiece as spm
 import tokenizers as hf_tokenizers
+from absl import logging
 from ml_collections import config_dict
 
 TOKENIZER_KINDS = ("char", "sentencepiece", "hf")
+# The hand-written fallback templates `render_chat` knows by name.
 CHAT_TEMPLATES = ("qwen", "llama3", "plain")
+# The template name of a checkpoint's own Jinja chat template (`ChatTemplate`).
+HF_CHAT_TEMPLATE = "hf"
+# What `config.tokenizer.chat_template` accepts.
+CHAT_TEMPLATE_CHOICES = ("auto", HF_CHAT_TEMPLATE, *CHAT_TEMPLATES)
 CHAT_ROLES = ("system", "user", "assistant")
 
 # Qwen2.5 (base and instruct) inserts this system turn when the conversation has none.
@@ -63,7 +82,9 @@ class Tokenizer(Protocol):
     eos_id: the tokenizer's end-of-sequence id.
     stop_ids: ids that end generation: eos plus every turn / document terminator the vocabulary
       has (`<|im_end|>`, `<|endoftext|>`, `<|eot_id|>`, `<|end_of_text|>`).
-    chat_template: name of the chat template for `render_chat` ('qwen', 'llama3' or 'plain').
+    chat_template: name of the chat template: 'qwen', 'llama3' or 'plain' (the fallbacks of
+      `render_chat`), or 'hf' for the checkpoint's own template, which such a tokenizer carries
+      as its `jinja_chat_template` attribute (a `ChatTemplate`; only `HFTokenizer` has one).
   """
 
   vocab_size: int
@@ -122,22 +143,47 @@ def _unique(ids: Sequence[int]) -> tuple[int, ...]:
   return tuple(dict.fromkeys(ids))
 
 
-def _resolve_chat_template(requested: str, token_to_id: Callable[[str], int | None]) -> str:
-  """The template name to use: `requested`, or the one the vocabulary implies for 'auto'.
+def _resolve_chat_template(
+    requested: str,
+    token_to_id: Callable[[str], int | None],
+    has_own_template: bool = False,
+    owner: str = "this tokenizer",
+) -> str:
+  """The template name to use: `requested`, or the one 'auto' implies.
 
-  'auto' picks 'qwen' for ChatML vocabularies (`<|im_start|>`), 'llama3' for Llama-3 ones
-  (`<|start_header_id|>`), and 'plain' otherwise. An explicit template must have all its markers
-  in the vocabulary.
+  'auto' picks the tokenizer's own template ('hf') when it has one, else 'qwen' for ChatML
+  vocabularies (`<|im_start|>`), 'llama3' for Llama-3 ones (`<|start_header_id|>`), and 'plain'
+  otherwise. 'hf' needs the tokenizer's own template; a fallback template must have all its
+  markers in the vocabulary.
+
+  Args:
+    requested: `config.tokenizer.chat_template`, one of `CHAT_TEMPLATE_CHOICES`.
+    token_to_id: the tokenizer's `token_to_id`.
+    has_own_template: whether the tokenizer carries the checkpoint's own Jinja template.
+    owner: what the tokenizer was read from, for the error when 'hf' has no template.
+
+  Returns:
+    'hf', 'qwen', 'llama3' or 'plain'.
   """
   if requested == "auto":
+    if has_own_template:
+      return HF_CHAT_TEMPLATE
     if token_to_id("<|im_start|>") is not None:
       return "qwen"
     if token_to_id("<|start_header_id|>") is not None:
       return "llama3"
     return "plain"
+  if requested == HF_CHAT_TEMPLATE:
+    if not has_own_template:
+      raise ValueError(
+          f"config.tokenizer.chat_template='hf' asks for the checkpoint's own chat template, but "
+          f"{owner} has none; use 'auto' or one of {', '.join(CHAT_TEMPLATES)}"
+      )
+    return requested
   if requested not in CHAT_TEMPLATES:
     raise ValueError(
-        f"unknown chat template {requested!r}; valid: {', '.join(CHAT_TEMPLATES)} or 'auto'"
+        f"unknown chat template {requested!r} (config.tokenizer.chat_template); valid: "
+        f"{', '.join(CHAT_TEMPLATE_CHOICES)}"
     )
   missing = [t for t in _TEMPLATE_MARKERS[requested] if token_to_id(t) is None]
   if missing:
@@ -145,6 +191,263 @@ def _resolve_chat_template(requested: str, token_to_id: Callable[[str], int | No
         f"chat template {requested!r} needs the special tokens {missing} in the vocabulary"
     )
   return requested
+
+
+# ----------------------------------------------------------------------------- Jinja templates
+
+# The named special tokens `transformers` passes to a chat template as variables
+# (`PreTrainedTokenizerBase.SPECIAL_TOKENS_ATTRIBUTES`, its `special_tokens_map`).
+_TEMPLATE_SPECIAL_TOKENS = (
+    "bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token",
+)
+# Where a checkpoint keeps chat templates besides `tokenizer_config.json`'s `chat_template`;
+# when present they take priority over it, as in transformers.
+_CHAT_TEMPLATE_FILE = "chat_template.jinja"
+_CHAT_TEMPLATE_DIR = "additional_chat_templates"
+# Names a message's reasoning is passed under; transformers fills `reasoning_content` and
+# `thinking` from whichever is set.
+_REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
+
+
+class ChatTemplateError(ValueError):
+  """A chat template that does not parse, or that failed or refused to render a conversation."""
+
+
+class _RaisedByTemplate(jinja2.TemplateError):
+  """What the template's `raise_exception(message)` raises."""
+
+
+class _GenerationTag(jinja2.ext.Extension):
+  """`{% generation %}...{% endgeneration %}`: transformers marks assistant text with it (for
+  `return_assistant_tokens_mask`); rendering outputs the body unchanged, in its own scope."""
+
+  tags = {"generation"}
+
+  def parse(self, parser: jinja2.parser.Parser) -> jinja2.nodes.Node:
+    lineno = next(parser.stream).lineno
+    body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+    call = self.call_method("_render_body")
+    return jinja2.nodes.CallBlock(call, [], [], body).set_lineno(lineno)
+
+  def _render_body(self, caller: Callable[[], str]) -> str:
+    return caller()
+
+
+class _TemplateDict:
+  """The template's `dict`: builds dicts, without exposing the `dict` type itself."""
+
+  def __call__(self, *args: Any, **kwargs: Any) -> dict[Any, Any]:
+    return dict(*args, **kwargs)
+
+  def fromkeys(self, *args: Any, **kwargs: Any) -> dict[Any, Any]:
+    return dict.fromkeys(*args, **kwargs)
+
+
+class _TemplateNamespace(jinja2.utils.Namespace):
+  """The template's `namespace`, refusing underscore-prefixed attribute names."""
+
+  def __init__(*args: Any, **kwargs: Any) -> None:  # noqa: N805 (Jinja's signature trick)
+    self, args = args[0], args[1:]
+    attrs = dict(*args, **kwargs)
+    for name in attrs:
+      _TemplateNamespace._check_name(name)
+    jinja2.utils.Namespace.__init__(self, attrs)
+
+  def __setitem__(self, name: str, value: Any) -> None:
+    _TemplateNamespace._check_name(name)
+    jinja2.utils.Namespace.__setitem__(self, name, value)
+
+  @staticmethod
+  def _check_name(name: Any) -> None:
+    if isinstance(name, str) and name.startswith("_"):
+      raise jinja2.exceptions.SecurityError(
+          f"chat templates cannot store underscore-prefixed attributes on a namespace: {name!r}"
+      )
+
+
+def _raise_exception(message: str) -> None:
+  raise _RaisedByTemplate(message)
+
+
+def _tojson(
+    value: Any,
+    ensure_ascii: bool = False,
+    indent: int | str | None = None,
+    separators: tuple[str, str] | None = None,
+    sort_keys: bool = False,
+) -> str:
+  """The template's `tojson`: plain `json.dumps` (Jinja's own escapes HTML and sorts keys)."""
+  return json.dumps(
+      value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
+  )
+
+
+def _strftime_now(format: str) -> str:  # noqa: A002 (the name templates call it with)
+  return datetime.datetime.now().strftime(format)
+
+
+def _jinja_environment() -> jinja2.sandbox.ImmutableSandboxedEnvironment:
+  """A fresh environment configured as transformers' `_compile_jinja_template` configures it."""
+  env = jinja2.sandbox.ImmutableSandboxedEnvironment(
+      trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationTag, jinja2.ext.loopcontrols]
+  )
+  env.filters["tojson"] = _tojson
+  env.globals["raise_exception"] = _raise_exception
+  env.globals["strftime_now"] = _strftime_now
+  env.globals["dict"] = _TemplateDict()
+  env.globals["namespace"] = _TemplateNamespace
+  return env
+
+
+def _plain_data(value: Any) -> Any:
+  """`value` rebuilt from plain JSON-like types (a fresh copy: templates cannot change the
+  caller's messages), as transformers' `_plain_template_data` does; other objects become a
+  placeholder naming their type."""
+  if value is None or type(value) in (str, int, float, bool):
+    return value
+  if isinstance(value, str):
+    return str.__str__(value)
+  if isinstance(value, int):
+    return int.__int__(value)
+  if isinstance(value, float):
+    return float.__float__(value)
+  if isinstance(value, Mapping):
+    return {_plain_data(k): _plain_data(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return [_plain_data(item) for item in value]
+  if isinstance(value, tuple):
+    return tuple(_plain_data(item) for item in value)
+  if isinstance(value, np.generic):  # np.bool_(False) must stay falsy
+    return _plain_data(value.item())
+  return f"<{type(value).__name__}>"
+
+
+def _template_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+  """`messages` as transformers hands them to a template: plain dicts, keys whose value is None
+  dropped, and the reasoning of a message under both `reasoning_content` and `thinking`."""
+  if isinstance(messages, (str, Mapping)) or not isinstance(messages, Sequence):
+    raise ValueError(f"messages must be a sequence of message dicts, got {type(messages).__name__}")
+  if not messages:
+    raise ValueError("cannot render an empty conversation: give at least one message")
+  out = []
+  for index, message in enumerate(messages):
+    if not isinstance(message, Mapping):
+      raise ValueError(f"message {index} is a {type(message).__name__}, not a dict")
+    if not isinstance(message.get("role"), str):
+      raise ValueError(f"message {index} needs a string 'role'")
+    message = _plain_data({k: v for k, v in message.items() if v is not None})
+    reasoning = next((message[k] for k in _REASONING_FIELDS if message.get(k) is not None), None)
+    if reasoning is not None:
+      message = {"thinking": reasoning, **message, "reasoning_content": reasoning}
+    out.append(message)
+  return out
+
+
+def _template_line(error: BaseException) -> str:
+  """' (template line N)' for the innermost template frame of `error`'s traceback, else ''."""
+  frames = traceback.extract_tb(error.__traceback__)
+  lines = [frame.lineno for frame in frames if frame.filename == "<template>"]
+  return f" (template line {lines[-1]})" if lines else ""
+
+
+class ChatTemplate:
+  """A checkpoint's own Jinja chat template, rendered exactly as `transformers` renders it.
+
+  The environment, globals and filters are those of transformers' `_compile_jinja_template`: an
+  `ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)` with the `loopcontrols`
+  extension and the `{% generation %}` tag, `raise_exception`, `strftime_now`, a restricted
+  `dict` and `namespace`, and a `tojson` filter that is plain `json.dumps` (`ensure_ascii`,
+  `indent`, `separators`, `sort_keys` arguments). `render` passes what `apply_chat_template`
+  passes: `messages`, `tools`, `documents`, `add_generation_prompt` and the named special tokens
+  (`bos_token`, `eos_token`, ...).
+
+  Attributes:
+    source: the Jinja source.
+    origin: where the source was read from, named in errors.
+    special_tokens: the template variables `bos_token`, `eos_token`, ... (only those declared).
+  """
+
+  def __init__(
+      self,
+      source: str,
+      origin: str = "<string>",
+      special_tokens: Mapping[str, str] | None = None,
+  ):
+    """Compiles `source`.
+
+    Args:
+      source: the template text.
+      origin: where it came from (a file and key), named in errors.
+      special_tokens: variables such as `{"bos_token": "<|begin_of_text|>"}`.
+
+    Raises:
+      ChatTemplateError: the template does not parse (the error names `origin` and the line).
+    """
+    if not isinstance(source, str):
+      raise ChatTemplateError(
+          f"chat template {origin} must be a string, got {type(source).__name__}"
+      )
+    self.source = source
+    self.origin = origin
+    self.special_tokens = dict(special_tokens or {})
+    try:
+      self._template = _jinja_environment().from_string(source)
+    except jinja2.TemplateSyntaxError as error:
+      raise ChatTemplateError(
+          f"chat template {origin} does not parse: template line {error.lineno}: {error.message}"
+      ) from error
+
+  def render(
+      self,
+      messages: Sequence[Mapping[str, Any]],
+      add_generation_prompt: bool = True,
+      tools: Sequence[Mapping[str, Any]] | None = None,
+      documents: Sequence[Mapping[str, Any]] | None = None,
+      **variables: Any,
+  ) -> str:
+    """The prompt string for `messages`, as `tokenizer.apply_chat_template(messages,
+    tokenize=False, ...)` renders it.
+
+    Args:
+      messages: dicts with 'role' and usually 'content' (any roles and keys the template reads;
+        keys whose value is None are dropped, as transformers drops them).
+      add_generation_prompt: end with the header that opens the assistant's turn.
+      tools: JSON-schema dicts of callable tools, or None.
+      documents: dicts for retrieval-augmented templates, or None.
+      **variables: further template variables; they override the special tokens.
+
+    Returns:
+      The rendered text.
+
+    Raises:
+      ValueError: `messages`, `tools` or `documents` are malformed.
+      ChatTemplateError: the template called `raise_exception` or failed; the error names the
+        template's origin and line.
+    """
+    chat = _template_messages(messages)
+    for name, items in (("tools", tools), ("documents", documents)):
+      if items is None:
+        continue
+      for index, item in enumerate(items):
+        if not isinstance(item, Mapping):
+          raise ValueError(f"{name}[{index}] must be a dict, got {type(item).__name__}")
+    try:
+      return self._template.render(
+          messages=chat,
+          tools=_plain_data(None if tools is None else list(tools)),
+          documents=_plain_data(None if documents is None else list(documents)),
+          add_generation_prompt=add_generation_prompt,
+          **_plain_data({**self.special_tokens, **variables}),
+      )
+    except _RaisedByTemplate as error:
+      raise ChatTemplateError(
+          f"chat template {self.origin}{_template_line(error)} refused the conversation: {error}"
+      ) from error
+    except Exception as error:  # noqa: BLE001 (re-raised with the template's origin and line)
+      raise ChatTemplateError(
+          f"chat template {self.origin} failed{_template_line(error)}: "
+          f"{type(error).__name__}: {error}"
+      ) from error
 
 
 class CharTokenizer:
@@ -169,7 +472,9 @@ class CharTokenizer:
     self.vocab_size = len(self._tokens)
     self.pad_id, self.bos_id, self.eos_id = 0, 1, 2
     self.stop_ids = (self.eos_id,)
-    self.chat_template = _resolve_chat_template(chat_template, self.token_to_id)
+    self.chat_template = _resolve_chat_template(
+        chat_template, self.token_to_id, owner="the char tokenizer"
+    )
 
   def encode(self, text: str, add_bos: bool = False) -> list[int]:
     ids = []
@@ -226,7 +531,9 @@ class SentencePieceTokenizer:
     self._control_ids = frozenset(i for i in range(self.vocab_size) if self._sp.is_control(i))
     marker_ids = _present_ids(self.token_to_id, markers)
     self._special_ids = self._control_ids | frozenset([*self.stop_ids, *marker_ids])
-    self.chat_template = _resolve_chat_template(chat_template, self.token_to_id)
+    self.chat_template = _resolve_chat_template(
+        chat_template, self.token_to_id, owner=f"SentencePiece model {str(model_path)!r}"
+    )
 
   def encode(self, text: str, add_bos: bool = False) -> list[int]:
     return _with_bos(self._sp.encode(text), self.bos_id, add_bos)
@@ -264,7 +571,15 @@ def _read_json(path: pathlib.Path) -> dict[str, Any]:
   if not path.is_file():
     return {}
   with path.open(encoding="utf-8") as f:
-    return json.load(f)
+    try:
+      value = json.load(f)
+    except json.JSONDecodeError as error:
+      raise ValueError(
+          f"{path} is not valid JSON: line {error.lineno} column {error.colno}: {error.msg}"
+      ) from error
+  if not isinstance(value, dict):
+    raise ValueError(f"{path} must hold a JSON object, not a {type(value).__name__}")
+  return value
 
 
 def _token_content(value: Any) -> str | None:
@@ -274,11 +589,77 @@ def _token_content(value: Any) -> str | None:
   return value
 
 
-def _id_list(value: Any) -> list[int]:
-  """A `generation_config.json` id field (int, list of ints, or null) as a list."""
+def _id_list(value: Any, path: pathlib.Path, key: str, vocab_size: int) -> list[int]:
+  """A `generation_config.json` id field (int, list of ints, or null) as a list of valid ids."""
   if value is None:
     return []
-  return [value] if isinstance(value, int) else list(value)
+  ids = [value] if not isinstance(value, list) else value
+  for token_id in ids:
+    if isinstance(token_id, bool) or not isinstance(token_id, int):
+      raise ValueError(f"{path}: {key} must be an int or a list of ints, got {value!r}")
+    if not 0 <= token_id < vocab_size:
+      raise ValueError(
+          f"{path}: {key} {token_id} is outside the tokenizer's vocabulary [0, {vocab_size})"
+      )
+  return list(ids)
+
+
+def _template_special_tokens(
+    tokenizer_config: Mapping[str, Any], special_tokens_map: Mapping[str, Any]
+) -> dict[str, str]:
+  """The named special tokens transformers passes to a chat template (its `special_tokens_map`).
+
+  They come from `tokenizer_config.json`; `special_tokens_map.json` (a legacy file) is read, and
+  overrides it, only when `tokenizer_config.json` has no `added_tokens_decoder`, as
+  transformers' `from_pretrained` does. Tokens declared null are left out.
+  """
+  declared = {key: tokenizer_config.get(key) for key in _TEMPLATE_SPECIAL_TOKENS}
+  if "added_tokens_decoder" not in tokenizer_config:
+    declared.update({k: v for k, v in special_tokens_map.items() if k in _TEMPLATE_SPECIAL_TOKENS})
+  contents = {key: _token_content(value) for key, value in declared.items()}
+  return {key: str(content) for key, content in contents.items() if content is not None}
+
+
+def _read_chat_templates(
+    directory: pathlib.Path, tokenizer_config: Mapping[str, Any]
+) -> dict[str, tuple[str, str]]:
+  """The checkpoint's chat templates by name, each as (source, where it was read from).
+
+  As transformers reads them: `chat_template.jinja` (named 'default') and
+  `additional_chat_templates/*.jinja` (named by file) when any exists, else
+  `tokenizer_config.json`'s `chat_template`: a string ('default'), or a list of
+  `{"name": ..., "template": ...}`.
+  """
+  templates = {}
+  default_file = directory / _CHAT_TEMPLATE_FILE
+  if default_file.is_file():
+    templates["default"] = (default_file.read_text(encoding="utf-8"), str(default_file))
+  extra_dir = directory / _CHAT_TEMPLATE_DIR
+  if extra_dir.is_dir():
+    for file in sorted(extra_dir.glob("*.jinja")):
+      templates[file.name.removesuffix(".jinja")] = (file.read_text(encoding="utf-8"), str(file))
+  if templates:
+    return templates
+  config_path = directory / "tokenizer_config.json"
+  value = tokenizer_config.get("chat_template")
+  if value is None:
+    return {}
+  if isinstance(value, str):
+    return {"default": (value, f"{config_path} (key 'chat_template')")}
+  if not isinstance(value, list):
+    raise ValueError(
+        f"{config_path}: 'chat_template' must be a string or a list of "
+        f"{{'name': ..., 'template': ...}}, got {type(value).__name__}"
+    )
+  for index, entry in enumerate(value):
+    if not (isinstance(entry, Mapping) and isinstance(entry.get("name"), str)
+            and isinstance(entry.get("template"), str)):
+      raise ValueError(
+          f"{config_path}: 'chat_template'[{index}] must be {{'name': str, 'template': str}}"
+      )
+    where = f"{config_path} (key 'chat_template', entry {entry['name']!r})"
+    templates[entry["name"]] = (entry["template"], where)
+  return templates
 
 
 class HFTokenizer:
@@ -294,8 +675,14 @@ class HFTokenizer:
     `<eos>` in the vocabulary.
   - pad: `pad_token` of those two files, else `pad_token_id` of `generation_config.json`, else
     eos (Llama-3 has no pad token).
-  - stop ids: eos, every `eos_token_id` of `generation_config.json`, and the turn / document
-    terminators present in the vocabulary.
+  - stop ids: eos, every `eos_token_id` of `generation_config.json` (an int or a list), and the
+    turn / document terminators present in the vocabulary.
+  - chat template: the checkpoint's own, as transformers finds it (`chat_template.jinja`, else
+    `tokenizer_config.json`'s `chat_template`; of several named templates, the one named
+    'default'). With `chat_template='auto'` it is used when present ('hf'), else a fallback is
+    picked from the vocabulary; 'hf' requires it; 'qwen', 'llama3', 'plain' ignore it. The
+    template in use is `jinja_chat_template` (None for a fallback). Only 'default' is kept:
+    transformers would switch to a template named 'tool_use' when given tools.
 
   Added tokens (`<|im_start|>`, `<|eot_id|>`, ...) always encode to their single ids; BOS is
   added only by `add_bos`, never by the tokenizer's own post-processor.
@@ -311,11 +698,11 @@ class HFTokenizer:
     self.vocab_size = max(self._tokenizer.get_vocab(with_added_tokens=True).values()) + 1
 
     directory = json_path.parent
-    declared = [
-        _read_json(directory / "tokenizer_config.json"),
-        _read_json(directory / "special_tokens_map.json"),
-    ]
-    generation = _read_json(directory / "generation_config.json")
+    tokenizer_config = _read_json(directory / "tokenizer_config.json")
+    special_tokens_map = _read_json(directory / "special_tokens_map.json")
+    declared = [tokenizer_config, special_tokens_map]
+    generation_path = directory / "generation_config.json"
+    generation = _read_json(generation_path)
 
     def declared_id(field: str) -> int | None:
       for config in declared:
@@ -327,7 +714,9 @@ class HFTokenizer:
           return token_id
       return None
 
-    generation_eos = _id_list(generation.get("eos_token_id"))
+    generation_eos = _id_list(
+        generation.get("eos_token_id"), generation_path, "eos_token_id", self.vocab_size
+    )
     eos_candidates = [declared_id("eos_token"), *generation_eos[:1]]
     eos_candidates += _present_ids(self.token_to_id, _CONVENTIONAL_EOS)
     eos_candidates = [i for i in eos_candidates if i is not None]
@@ -338,12 +727,36 @@ class HFTokenizer:
     self.bos_id = declared_id("bos_token")
     pad_id = declared_id("pad_token")
     if pad_id is None:
-      pad_id = generation.get("pad_token_id")
+      pad_ids = _id_list(
+          generation.get("pad_token_id"), generation_path, "pad_token_id", self.vocab_size
+      )
+      pad_id = pad_ids[0] if pad_ids else None
     self.pad_id = self.eos_id if pad_id is None else pad_id
     self.stop_ids = _unique(
         [self.eos_id, *generation_eos, *_present_ids(self.token_to_id, _STOP_TOKENS)]
     )
-    self.chat_template = _resolve_chat_template(chat_template, self.token_to_id)
+
+    templates = (
+        _read_chat_templates(directory, tokenizer_config)
+        if chat_template in ("auto", HF_CHAT_TEMPLATE) else {}
+    )
+    if templates and "default" not in templates:
+      raise ValueError(
+          f"{directory} has the chat templates {sorted(templates)} but none named 'default'; "
+          f"set config.tokenizer.chat_template to one of {', '.join(CHAT_TEMPLATES)}"
+      )
+    self.chat_template = _resolve_chat_template(
+        chat_template, self.token_to_id, has_own_template=bool(templates),
+        owner=f"{directory} (no {_CHAT_TEMPLATE_FILE}, no 'chat_template' in "
+              f"tokenizer_config.json)",
+    )
+    self.jinja_chat_template: ChatTemplate | None = None
+    if self.chat_template == HF_CHAT_TEMPLATE:
+      source, origin = templates["default"]
+      self.jinja_chat_template = ChatTemplate(
+          source, origin, _template_special_tokens(tokenizer_config, special_tokens_map)
+      )
+      logging.info("chat template: the checkpoint's own, from %s", origin)
 
   def encode(self, text: str, add_bos: bool = False) -> list[int]:
     ids = self._tokenizer.encode(text, add_special_tokens=False).ids
@@ -387,11 +800,14 @@ def _check_messages(messages: Sequence[Mapping[str, str]]) -> None:
 
 
 def render_chat(
-    template_name: str,
+    template_name: str | ChatTemplate,
     messages: Sequence[Mapping[str, str]],
     add_generation_prompt: bool = True,
 ) -> str:
   """The prompt string for `messages` (dicts with 'role' and 'content') under a chat template.
+
+  `template_name` is a `ChatTemplate` (a checkpoint's own: `ChatTemplate.render`) or the name
+  of a hand-written fallback ('hf' names no template by itself: use `render_tokenizer_chat`):
 
   - 'qwen': ChatML as Qwen2.5's template writes it. Each message becomes
     `<|im_start|>{role}\\n{content}<|im_end|>\\n`; when the first message is not a system
@@ -407,6 +823,13 @@ def render_chat(
     continues right after the last content, so the prompt wording ("Question: ...\\nAnswer:")
     belongs to the task.
   """
+  if isinstance(template_name, ChatTemplate):
+    return template_name.render(messages, add_generation_prompt=add_generation_prompt)
+  if template_name == HF_CHAT_TEMPLATE:
+    raise ValueError(
+        "the 'hf' chat template is the tokenizer's own: render it with "
+        "render_tokenizer_chat(tokenizer, messages) or its jinja_chat_template"
+    )
   _check_messages(messages)
   if template_name == "qwen":
     turns = list(messages)
@@ -427,12 +850,35 @@ def render_chat(
   raise ValueError(f"unknown chat template {template_name!r}; valid: {', '.join(CHAT_TEMPLATES)}")
 
 
+def render_tokenizer_chat(
+    tokenizer: Tokenizer,
+    messages: Sequence[Mapping[str, Any]],
+    add_generation_prompt: bool = True,
+) -> str:
+  """The prompt string for `messages` under `tokenizer`'s chat template: its
+  `jinja_chat_template` when `tokenizer.chat_template` is 'hf', else the named fallback."""
+  if tokenizer.chat_template == HF_CHAT_TEMPLATE:
+    template = getattr(tokenizer, "jinja_chat_template", None)
+    if not isinstance(template, ChatTemplate):
+      raise ValueError(
+          f"{type(tokenizer).__name__} has chat_template 'hf' but no jinja_chat_template"
+      )
+    return template.render(messages, add_generation_prompt=add_generation_prompt)
+  return render_chat(tokenizer.chat_template, messages, add_generation_prompt)
+
+
 def encode_chat(
     tokenizer: Tokenizer,
-    messages: Sequence[Mapping[str, str]],
+    messages: Sequence[Mapping[str, Any]],
     add_generation_prompt: bool = True,
 ) -> list[int]:
-  """`messages` rendered with `tokenizer.chat_template` and encoded, with BOS when the model has
-  one (exactly once: llama3 prompts carry it in the text)."""
-  text = render_chat(tokenizer.chat_template, messages, add_generation_prompt)
-  return tokenizer.encode(text, add_bos=True)
+  """`messages` rendered with the tokenizer's chat template (`render_tokenizer_chat`) and
+  encoded.
+
+  A checkpoint's own template ('hf') is encoded as `transformers`' `apply_chat_template(...,
+  tokenize=True)` encodes it, without adding special tokens: the BOS is there exactly when the
+  template wrote it. A fallback template's prompt gets the model's BOS, exactly once (llama3
+  prompts carry it in the text).
+  """
+  text = render_tokenizer_chat(tokenizer, messages, add_generation_prompt)
+  return tokenizer.encode(text, add_bos=tokenizer.chat_template != HF_CHAT_TEMPLATE)
