@@ -23,15 +23,19 @@ MODES = ("pipeline", "sft", "rl", "evaluate", "sample")
 
 
 def model_config(preset: str = "testbed") -> ConfigDict:
-  """The `config.model` block: a preset name (`models.config.PRESETS`) plus per-field
-  overrides.
+  """The `config.model` block: a preset name (`models.config.PRESETS`) or a pretrained
+  checkpoint, plus per-field overrides.
 
-  Every `ModelConfig` field is present as a typed placeholder (None = take the preset's
-  value), so `--config.model.num_layers=4` works and a mistyped field is an error.
+  Every `ModelConfig` field is present as a typed placeholder (None = take the preset's or the
+  checkpoint's value), so `--config.model.num_layers=4` works and a mistyped field is an error.
+  `checkpoint`: a Hugging Face directory (config.json + safetensors) or a `.gguf` file whose
+  architecture and weights the run starts from ("" = the preset, randomly initialised); with
+  one, only numerics (dtype, param_dtype, remat, scan_layers, max_seq_len) may be overridden.
   """
   types = {"int": int, "float": float, "bool": bool, "str": str}
   cfg = ConfigDict()
   cfg.preset = preset
+  cfg.checkpoint = ""
   for field in dataclasses.fields(ModelConfig):
     cfg[field.name] = config_dict.placeholder(types[field.type])
   return cfg
@@ -44,7 +48,9 @@ def tokenizer_config() -> ConfigDict:
     kind: 'char', 'sentencepiece' or 'hf'.
     path: the `.model` file (sentencepiece), or `tokenizer.json` or its directory (hf).
     alphabet: the characters of the char tokenizer (ignored by the other kinds).
-    chat_template: 'qwen', 'llama3', 'plain', or 'auto' to pick from the vocabulary.
+    chat_template: 'auto' (the checkpoint's own Jinja template if it has one, else a
+      fallback picked from the vocabulary), 'hf' (the checkpoint's, required), or the
+      fallbacks 'qwen', 'llama3', 'plain'.
   """
   return ConfigDict(dict(kind="char", path="", alphabet="0123456789*=", chat_template="auto"))
 
@@ -97,6 +103,9 @@ def sft_config() -> ConfigDict:
       checkpoint_every=250,
       log_every=50,
       optim=optim,
+      max_consecutive_skips=5,  # stop the warm start after this many skipped updates in a row
+      spike_factor=10.0,  # the update guard, as in config.train
+      spike_warmup=8,
   ))
 
 
@@ -130,7 +139,11 @@ def rl_config() -> ConfigDict:
       eval_every=0,  # held-out pass@k every this many steps during RL (0: only at the end)
       eval_problems=200,  # ... on the first this many problems of config.eval.split
       eval_n=16,  # ... with this many samples each (other settings from config.eval)
-      max_consecutive_skips=5,  # stop the run after this many non-finite updates in a row
+      max_consecutive_skips=5,  # stop the run after this many skipped updates in a row
+      # Update guard: skip (and count) an update whose gradient norm exceeds spike_factor x the
+      # median of the last 32 accepted norms, once spike_warmup are recorded; 0 disables.
+      spike_factor=10.0,
+      spike_warmup=8,
   ))
 
 
@@ -206,4 +219,59 @@ def base_config() -> ConfigDict:
   config.memory = memory_config()
   # mode=sample: draw completions for these prompts and report decode throughput.
   config.sample = ConfigDict(dict(prompts=("12*34=", "57*68=", "99*99="), num_samples=4))
+  return config
+
+
+def reference_protocol_config(preset: str) -> ConfigDict:
+  """The reference protocol of the paper's line of work on a Qwen2.5-Math checkpoint.
+
+  Prompt 1,024 + response 3,072 tokens; 1,024 prompts x 8 rollouts per step at temperature
+  1.0; mini-batches of 256 prompts (4 updates per step); lr 1e-6, clip 0.2, entropy bonus
+  1e-4, no KL, gradient clip 1.0; AGPO; evaluation on MATH500, AIME24, AMC23, Minerva Math
+  and OlympiadBench with n = 256 at temperature 0.6 / top-p 0.95, the prompt "... Please
+  reason step by step, and put your final answer within \\boxed{}." in the model's chat
+  template. `config.model.checkpoint` must name the checkpoint directory; `preset` fixes the
+  shapes the memory plan uses before it is read (they must agree). GRPO / NSR / W-REINFORCE:
+  `--config.algo.preset=grpo` (or nsr, w_reinforce).
+  """
+  from agpo_jax.tasks import math_task_config
+
+  config = base_config()
+  config.mode = "pipeline"
+  config.task = math_task_config("math500")
+  config.task.train_source = "gsm8k_train"  # set a MATH-train JSONL file where you have one
+  config.tokenizer.kind = "hf"
+  config.tokenizer.path = ""  # the checkpoint directory
+  config.model = model_config(preset)
+  config.model.checkpoint = "<set --config.model.checkpoint=DIR>"
+  config.model.param_dtype = "float32"
+  config.model.dtype = "bfloat16"
+  config.model.max_seq_len = 1024 + 3072
+  config.verifier.kind = "math"
+  config.sft.steps = 0  # RL from the pretrained checkpoint, no warm start
+  config.sampling.num_samples = 8
+  config.sampling.temperature = 1.0
+  config.sampling.max_new_tokens = 3072
+  config.sampling.min_prompt_bucket = 1024
+  config.train.steps = 500
+  config.train.batch_prompts = 1024
+  config.train.num_minibatches = 4
+  config.train.checkpoint_every = 10
+  config.train.eval_every = 50
+  config.train.eval_problems = 500
+  config.train.eval_n = 16
+  config.optim = optim_config(lr=1e-6)
+  config.optim.weight_decay = 0.0
+  config.loss.eps_low = config.loss.eps_high = 0.2
+  config.loss.entropy_coef = 1e-4
+  config.loss.kl_coef = 0.0
+  config.algo.name = "agpo"
+  config.eval.split = "math500,aime24,amc23,minerva,olympiadbench"
+  config.eval.n = 256
+  config.eval.temperature = 0.6
+  config.eval.top_p = 0.95
+  config.eval.max_new_tokens = 3072
+  config.eval.batch_prompts = 64
+  config.eval.samples_per_call = 64
+  config.distributed.initialize = True  # a TPU slice / several hosts; harmless on one host
   return config

@@ -5,11 +5,12 @@ Layers, lowest first (a module may import from its own layer or lower ones):
   0  base        configs, algorithms, verifiers, checkpointing, metrics, tokenizers
   1  models      the model config and the Flax transformer
   2  sharding    the mesh and its rules, multi-host helpers
-  3  sampling    the jitted sampler; tasks (problems, the testbed, the math benchmarks)
+  3  sampling    the jitted sampler; tasks (problems, the testbed, the math benchmarks);
+                pretrained (checkpoint weights placed on the mesh)
   4  planning    memory_plan
   5  training    train (state, steps, rollouts, the loops)
   6  evaluation  pass@k, counts, the boundary study, plots
-  7  entry       defaults (every config block), main
+  7  entry       defaults (every config block), validation (checks a whole config), main
 
 Every import counts, at module level or inside a function.
 """
@@ -28,11 +29,11 @@ LAYERS = (
      "agpo_jax.metrics", "agpo_jax.tokenizers"),
     ("agpo_jax.models",),
     ("agpo_jax.sharding",),
-    ("agpo_jax.sampling", "agpo_jax.tasks"),
+    ("agpo_jax.sampling", "agpo_jax.tasks", "agpo_jax.pretrained"),
     ("agpo_jax.memory_plan",),
     ("agpo_jax.train",),
     ("agpo_jax.evaluation",),
-    ("agpo_jax.defaults", "agpo_jax.main"),
+    ("agpo_jax.defaults", "agpo_jax.validation", "agpo_jax.main"),
 )
 
 

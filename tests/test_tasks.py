@@ -6,6 +6,7 @@ unset for every test here).
 """
 
 import ast
+import gzip
 import hashlib
 import json
 import pathlib
@@ -261,3 +262,20 @@ def test_task_modules_import_without_a_circle():
               and "agpo_jax.tasks" in ast.unparse(n)]
     assert not nested, f"{path.name} imports inside a function: {ast.unparse(nested[0])}"
 
+
+
+def test_math_task_trains_on_a_jsonl_file(tmp_path):
+  path = tmp_path / "math_train.jsonl.gz"
+  with gzip.open(path, "wt", encoding="utf-8") as f:
+    f.write(json.dumps({"problem": "What is $1+1$?", "answer": "2"}) + "\n")
+    f.write(json.dumps({"problem": "What is $2\\cdot 3$?", "answer": "6"}) + "\n")
+  cfg = math_task_config("math500")
+  cfg.train_source = str(path)
+  task = make_task(cfg)
+  train = task.split("train")
+  assert [p.answer for p in train] == ["2", "6"]
+  assert train[0].reference == Reference("2", "math")
+  assert "What is $1+1$?" in train[0].messages[-1]["content"]
+  cfg.train_source = str(tmp_path / "missing.jsonl")
+  with pytest.raises(ValueError, match="config.task.train_source=.*missing.jsonl"):
+    make_task(cfg)

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import dataclasses
+import pathlib
 from typing import Any
 
 from agpo_jax.memory_plan import estimates
@@ -280,7 +281,8 @@ def _model_name(cfg: ModelConfig) -> str:
 
 def plan_from_config(config: Any, axis_sizes: dict[str, int], *, prompt_len: int | None = None,
                      sample_rows: int | None = None, tokenizer_vocab_size: int | None = None,
-                     rollout_chunks: int | None = None) -> MemoryPlan:
+                     rollout_chunks: int | None = None,
+                     model_cfg: ModelConfig | None = None) -> MemoryPlan:
   """The plan of a run config (an `ml_collections` config as `configs/*.py` return).
 
   Reads config.model (via `resolve_model_config`; its `preset`, `remat`, `param_dtype`,
@@ -297,11 +299,14 @@ def plan_from_config(config: Any, axis_sizes: dict[str, int], *, prompt_len: int
       `batch_prompts * num_samples / rollout_chunks`.
     tokenizer_vocab_size: the tokenizer's id space (see `resolve_model_config`).
     rollout_chunks: overrides `config.sampling.rollout_chunks`.
+    model_cfg: the model, when the caller has it (a pretrained checkpoint's architecture);
+      default: `resolve_model_config(config.model)`.
 
   Returns:
     The plan (see `plan_memory`).
   """
-  model_cfg = resolve_model_config(config.model, tokenizer_vocab_size)
+  if model_cfg is None:
+    model_cfg = resolve_model_config(config.model, tokenizer_vocab_size)
   train, samp = config.train, config.sampling
   if prompt_len is None:
     prompt_len = model_cfg.max_seq_len - samp.max_new_tokens
@@ -329,4 +334,6 @@ def plan_from_config(config: Any, axis_sizes: dict[str, int], *, prompt_len: int
       micro_batch_rows=rows_per_update // train.num_microbatches, sample_rows=sample_rows,
       num_samples=samp.num_samples, ref_params=bool(config.loss.kl_coef),
       old_logp=train.num_minibatches * train.epochs > 1,
-      min_prompt_bucket=samp.min_prompt_bucket, name=config.model.preset)
+      min_prompt_bucket=samp.min_prompt_bucket,
+      name=(pathlib.Path(config.model.checkpoint).name if config.model.get("checkpoint")
+            else config.model.preset))

@@ -128,6 +128,10 @@ PRESETS: dict[str, ModelConfig] = {
 }
 
 
+# Keys of a `config.model` block that are not `ModelConfig` fields.
+NON_SHAPE_KEYS = ("preset", "checkpoint")
+
+
 def resolve_model_config(cfg: Any, tokenizer_vocab_size: int | None = None) -> ModelConfig:
   """Build a `ModelConfig` from a `config.model` block (preset + overrides).
 
@@ -141,7 +145,8 @@ def resolve_model_config(cfg: Any, tokenizer_vocab_size: int | None = None) -> M
   if preset not in PRESETS:
     raise ValueError(f"model.preset={preset!r} is not a known preset; choose one of "
                      f"{sorted(PRESETS)}")
-  overrides = {k: v for k, v in dict(cfg).items() if k != "preset" and v is not None}
+  overrides = {k: v for k, v in dict(cfg).items()
+               if k not in NON_SHAPE_KEYS and v is not None}
   unknown = set(overrides) - {f.name for f in dataclasses.fields(ModelConfig)}
   if unknown:
     raise ValueError(f"unknown model config field(s): {sorted('model.' + k for k in unknown)}")

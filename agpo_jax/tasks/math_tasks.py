@@ -3,8 +3,10 @@
 `config.task.name` is an evaluation benchmark (`MATH_TASK_NAMES`: math500, aime24, aime25,
 amc23, minerva, olympiadbench, gsm8k). The splits of a math task:
 
-- 'train': the problems of `config.task.train_source` (default 'gsm8k_train', the training set
-  the repository ships);
+- 'train': the problems of `config.task.train_source`: a registered benchmark (default
+  'gsm8k_train', the training set the repository ships), a `tfds:NAME[:SPLIT]` source, or a
+  JSONL file (`.jsonl` or `.jsonl.gz`, one `{"problem": ..., "answer": ...}` object per line,
+  e.g. the MATH training set);
 - 'test', or 'heldout' (the name the testbed uses, so `eval.split`'s default works): the named
   benchmark;
 - any other registered benchmark, or `tfds:NAME[:SPLIT]`: that benchmark, so
@@ -16,6 +18,8 @@ text and a 'math' verifier.
 """
 
 from __future__ import annotations
+
+import pathlib
 
 from ml_collections import config_dict
 
@@ -50,6 +54,10 @@ def math_task_config(name: str = "math500") -> config_dict.ConfigDict:
   ))
 
 
+def _is_jsonl_path(source: str) -> bool:
+  return source.endswith((".jsonl", ".jsonl.gz")) and pathlib.Path(source).is_file()
+
+
 def _check_name(name: str) -> None:
   if name not in MATH_TASK_NAMES:
     raise configs.ConfigError(f"config.task.name={name!r} is not one of the math tasks "
@@ -72,10 +80,12 @@ class MathTask:
     self.data_dir = field("data_dir")
     self.system_prompt = field("system_prompt")
     self.max_problems = int(field("max_problems"))
-    if not benchmarks.is_benchmark_source(self.train_source):
+    if not (benchmarks.is_benchmark_source(self.train_source)
+            or _is_jsonl_path(self.train_source)):
       raise configs.ConfigError(
           f"config.task.train_source={self.train_source!r} is not one of "
-          f"{tuple(benchmarks.benchmark_names())} or a 'tfds:NAME[:SPLIT]' source")
+          f"{tuple(benchmarks.benchmark_names())}, a 'tfds:NAME[:SPLIT]' source or an existing "
+          ".jsonl / .jsonl.gz file")
     if self.max_problems < 0:
       raise configs.ConfigError(f"config.task.max_problems={self.max_problems} must be >= 0 "
                                 "(0: all problems)")
@@ -101,7 +111,14 @@ class MathTask:
     """The problems of split `name`, in file order (the first `max_problems` when set)."""
     source = self.source(name)
     if source not in self._loaded:
-      problems = benchmarks.load_benchmark(source, data_dir=self.data_dir)
+      if _is_jsonl_path(source) and not benchmarks.is_benchmark_source(source):
+        spec = benchmarks.BenchmarkSpec(name=pathlib.Path(source).name.split(".")[0],
+                                        filename=pathlib.Path(source).name, num_problems=0,
+                                        description=f"training file {source}",
+                                        training_set=True)
+        problems = benchmarks.read_jsonl_problems(source, spec)
+      else:
+        problems = benchmarks.load_benchmark(source, data_dir=self.data_dir)
       if self.max_problems:
         problems = problems[:self.max_problems]
       self._loaded[source] = [with_system_prompt(p, self.system_prompt) for p in problems]
