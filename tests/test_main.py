@@ -246,6 +246,12 @@ def test_evaluate_mode_covers_every_split_and_writes_json_summaries(tmp_path, ca
     assert len(counts.read_text().splitlines()) == 6
   printed = capsys.readouterr().out
   assert "heldout (6 problems, n = 4)" in printed and "train (6 problems, n = 4)" in printed
+  # The paper-style table: one row for the model, a column group per split; a plot per split.
+  table = (tmp_path / "eval" / "table.md").read_text().splitlines()
+  assert table[0] == ("| model | heldout avg@4 | heldout pass@4 | heldout maj@4 | train avg@4 "
+                      "| train pass@4 | train maj@4 |")
+  assert table[2].startswith("| init | ") and len(table) == 3
+  assert (tmp_path / "eval" / "passk_heldout.png").is_file()
 
 
 def test_algorithm_preset_from_the_command_line_and_overrides_win():
@@ -266,9 +272,3 @@ def test_algorithm_preset_from_the_command_line_and_overrides_win():
   cfg.algo.preset = "dapoo"
   with pytest.raises(configs.ConfigError, match="config.algo.preset='dapoo' is not one of"):
     configs.resolve_presets(cfg)
-
-
-def test_cli_names_an_unknown_preset(tmp_path):
-  result = _cli("--config.algo.preset=dapoo", workdir=tmp_path)
-  assert result.returncode == 2
-  assert "config.algo.preset='dapoo' is not one of" in result.stderr
