@@ -57,9 +57,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+
+from agpo_jax import checkpoint_digests as digest_lib
 from absl import logging
 from jax.experimental import multihost_utils
 
@@ -150,7 +151,7 @@ class Checkpointer:
     self._async = async_save
     self._verify_saves = verify_saves
     self._verify_bytes = verify_bytes
-    self._digest_fn = jax.jit(_digest_arrays)
+    self._digest_fn = jax.jit(digest_lib.digest_arrays)
     self._pending: _Pending | None = None
     self._verified_step: int | None = None
     self._failed: dict[int, str] = {}  # steps `restore` found corrupt, not yet set aside
@@ -305,13 +306,13 @@ class Checkpointer:
     for indices in groups.values():
       results = self._digest_fn([leaves[i] for i in indices])
       for i, (low, high, finite) in zip(indices, results):
-        out[paths[i]] = _entry(leaves[i], _host_scalar(low), _host_scalar(high),
-                               bool(_host_scalar(finite)))
+        out[paths[i]] = digest_lib.digest_entry(leaves[i], _host_scalar(low),
+                                                _host_scalar(high), bool(_host_scalar(finite)))
     for i, leaf in enumerate(leaves):
       if paths[i] not in out:
         array = np.asarray(leaf)
-        low, high, finite = _digest_numpy(array)
-        out[paths[i]] = _entry(array, low, high, finite)
+        low, high, finite = digest_lib.digest_numpy(array)
+        out[paths[i]] = digest_lib.digest_entry(array, low, high, finite)
     return {path: out[path] for path in paths}
 
   def _finish_pending(self) -> bool:
@@ -357,7 +358,7 @@ class Checkpointer:
       self._agree(pending.step, failure)
       got = dict(zip(paths, jax.tree.leaves(restored, is_leaf=_is_placeholder)))
       digests = self._digests({paths[i]: got[paths[i]] for i in group})
-      mismatches = _mismatches(digests, pending.record["arrays"])
+      mismatches = digest_lib.mismatches(digests, pending.record["arrays"])
       if mismatches:
         raise _StepFailed(f"{self._step_path(pending.step)}/{_STATE}: {mismatches}")
 
@@ -406,7 +407,7 @@ class Checkpointer:
     self._agree(step, failure)
     meta, saved, restored = result
     digests = self._digests(restored)
-    problems = _mismatches(digests, saved)
+    problems = digest_lib.mismatches(digests, saved)
     non_finite = [p for p, entry in digests.items() if not entry["finite"]]
     if non_finite:
       problems = "; ".join(filter(None, [problems, f"non-finite values in {non_finite}"]))
@@ -525,87 +526,6 @@ def key_to_data(key: jax.Array) -> jax.Array:
 def data_to_key(data: jax.Array, impl: str) -> jax.Array:
   """The typed PRNG key of implementation `impl` (e.g. "threefry2x32") back from its data."""
   return jax.random.wrap_key_data(data, impl=impl)
-
-
-# -- digests ------------------------------------------------------------------------------------
-# digest(x) = (sum_i mix(w_i ^ mix(i * G + C1)), sum_i mix((w_i + C2) * G2 ^ mix(i ^ C3)))
-# mod 2**32, over the 32-bit words w_i of x in C order (1- and 2-byte elements zero-extended,
-# 8-byte ones as two words) at flat position i: a sum, so any sharding (and any reduction
-# order) gives the same value; position-dependent, so moved values change it. `mix` is
-# MurmurHash3's 32-bit finaliser. `_digest_arrays` (jitted, sharded) and `_digest_numpy`
-# compute the same function.
-
-# As numpy uint32 scalars: strongly typed, so no operand is ever promoted past 32 bits.
-_G, _G2, _M1, _M2 = (np.uint32(c) for c in (0x9E3779B9, 0x2C1B3C6D, 0x85EBCA6B, 0xC2B2AE35))
-_C1, _C2, _C3 = (np.uint32(c) for c in (0x7F4A7C15, 0x632BE5AB, 0x5BD1E995))
-
-
-def _mix(h):
-  h = h ^ (h >> 16)
-  h = h * _M1
-  h = h ^ (h >> 13)
-  h = h * _M2
-  return h ^ (h >> 16)
-
-
-def _word_hashes(words, index):
-  return _mix(words ^ _mix(index * _G + _C1)), _mix(((words + _C2) * _G2) ^ _mix(index ^ _C3))
-
-
-def _digest_arrays(arrays: list[jax.Array]) -> list[tuple[jax.Array, jax.Array, jax.Array]]:
-  """(low, high, finite) of each array; jit it (arrays may be sharded over processes)."""
-  out = []
-  for x in arrays:
-    finite = (jnp.all(jnp.isfinite(x)) if jnp.issubdtype(x.dtype, jnp.inexact)
-              else jnp.ones((), bool))
-    if x.dtype == jnp.bool_:
-      x = x.astype(jnp.uint8)
-    itemsize = np.dtype(x.dtype).itemsize
-    if itemsize not in (1, 2, 4):
-      raise TypeError(f"cannot digest an on-device array of dtype {x.dtype}")
-    words = jax.lax.bitcast_convert_type(x, {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}[
-        itemsize]).astype(jnp.uint32)
-    index = jnp.zeros(words.shape, jnp.uint32)
-    stride = 1
-    for axis in reversed(range(words.ndim)):  # flat C-order position, mod 2**32
-      index = index + jax.lax.broadcasted_iota(jnp.uint32, words.shape, axis) * np.uint32(
-          stride & 0xFFFFFFFF)
-      stride *= words.shape[axis]
-    a, b = _word_hashes(words, index)
-    out.append((jnp.sum(a, dtype=jnp.uint32), jnp.sum(b, dtype=jnp.uint32), finite))
-  return out
-
-
-def _digest_numpy(x: np.ndarray) -> tuple[int, int, bool]:
-  """`_digest_arrays` of one host array."""
-  finite = bool(np.all(np.isfinite(x))) if np.issubdtype(x.dtype, np.inexact) else True
-  x = np.ascontiguousarray(x)
-  if x.dtype == np.bool_:
-    x = x.astype(np.uint8)
-  word = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint32}.get(x.dtype.itemsize)
-  if word is None:
-    raise TypeError(f"cannot digest an array of dtype {x.dtype}")
-  words = x.reshape(-1).view(word).astype(np.uint32)
-  index = (np.arange(words.size, dtype=np.uint64) & 0xFFFFFFFF).astype(np.uint32)
-  with np.errstate(over="ignore"):
-    a, b = _word_hashes(words, index)
-    return int(np.sum(a, dtype=np.uint32)), int(np.sum(b, dtype=np.uint32)), finite
-
-
-def _entry(leaf: Any, low: int, high: int, finite: bool) -> dict:
-  return {"shape": list(np.shape(leaf)), "dtype": str(np.dtype(leaf.dtype)),
-          "digest": f"{int(high):08x}{int(low):08x}", "finite": finite}
-
-
-def _mismatches(got: Mapping[str, dict], saved: Mapping[str, dict]) -> str:
-  """'' if every entry of `got` matches `saved`, else which arrays differ (a few named)."""
-  bad = [path for path, entry in got.items()
-         if (entry["digest"], entry["shape"], entry["dtype"])
-         != (saved[path]["digest"], saved[path]["shape"], saved[path]["dtype"])]
-  if not bad:
-    return ""
-  named = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
-  return f"checksum mismatch in {len(bad)} array(s): {named}"
 
 
 def _record_arrays(record: dict, where: str) -> dict[str, dict]:

@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from agpo_jax import checkpointing
+from agpo_jax import checkpoint_digests, checkpointing
 from agpo_jax.checkpointing import Checkpointer, CorruptCheckpoint, data_to_key, key_to_data
 
 MODEL = {"num_layers": 2, "d_model": 64, "num_heads": 4, "rope": {"theta": 1e4},
@@ -284,14 +284,14 @@ def test_digest_matches_a_plain_python_reference():
     words = [int(w) for w in np.ascontiguousarray(x).reshape(-1).view(
         {1: np.uint8, 2: np.uint16, 4: np.uint32}[x.dtype.itemsize])]
     low, high = reference(words)
-    assert checkpointing._digest_numpy(x)[:2] == (low, high), x.dtype
-    (device_low, device_high, finite), = jax.jit(checkpointing._digest_arrays)([jnp.asarray(x)])
+    assert checkpoint_digests.digest_numpy(x)[:2] == (low, high), x.dtype
+    (device_low, device_high, finite), = jax.jit(checkpoint_digests.digest_arrays)([jnp.asarray(x)])
     assert (int(device_low), int(device_high)) == (low, high) and bool(finite), x.dtype
   # Moving a value, or one bit of it, changes the digest.
   x = arrays[0]
   flipped = x.copy()
   flipped.view(np.uint32)[1, 2] ^= 1
-  assert len({checkpointing._digest_numpy(y)[:2] for y in (x, x.T.copy(), flipped)}) == 3
+  assert len({checkpoint_digests.digest_numpy(y)[:2] for y in (x, x.T.copy(), flipped)}) == 3
 
 
 def test_restore_names_entries_missing_from_an_older_state_tree(tmp_path):

@@ -7,7 +7,7 @@ r"""Math benchmarks: a registry of JSONL files, read into math `Problem`s.
 The repository ships every registered file under `<repo>/data/benchmarks` (gzipped; see its
 README). A file is read as `NAME.jsonl` or `NAME.jsonl.gz`, whichever is there. The data
 directory is, in order: the `data_dir` argument, the `AGPO_DATA_DIR` environment variable,
-`<repo>/data/benchmarks`, and `<repo>/../shared/data/benchmarks`. A source `tfds:NAME[:SPLIT]`
+and `<repo>/data/benchmarks`; no default points outside the repository. A source `tfds:NAME[:SPLIT]`
 reads a TFDS data set that has already been prepared (see `tfds_source`).
 """
 
@@ -35,10 +35,7 @@ from agpo_jax.tasks.problem import Problem
 
 DATA_DIR_ENV = "AGPO_DATA_DIR"
 _REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
-DEFAULT_DATA_DIRS = (
-    _REPO_ROOT / "data" / "benchmarks",
-    _REPO_ROOT / ".." / "shared" / "data" / "benchmarks",
-)
+DEFAULT_DATA_DIRS = (_REPO_ROOT / "data" / "benchmarks",)
 COMPRESSED_SUFFIX = ".gz"
 # A GSM8K final answer (after '####', thousands separators removed): an integer or a decimal.
 _GSM8K_NUMBER = re.compile(r"^[-+]?(\d+(\.\d*)?|\.\d+)$")
