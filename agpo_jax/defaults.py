@@ -198,6 +198,11 @@ def base_config() -> ConfigDict:
 
   config = ConfigDict()
   config.mode = "pipeline"  # one of MODES
+  # mode=pipeline: the algorithm presets (agpo_jax/algorithms/defaults.py) each trained with
+  # RL from the same base and compared, comma-separated, e.g. "grpo,agpo"; "" = the one
+  # algorithm config.algo describes. An algo.name or algo.preset set on the command line
+  # (without --config.arms) trains that algorithm alone.
+  config.arms = ""
   config.seed = 0
   # rbg compiles several times faster than threefry on CPU and is a sound generator; set
   # "threefry2x32" for bit-identical random streams under any sharding.

@@ -211,27 +211,35 @@ def run_rl(config: config_dict.ConfigDict, workdir: pathlib.Path) -> dict:
   return {"params": result.params, "interrupted": result.interrupted}
 
 
-def run_evaluate(config: config_dict.ConfigDict, workdir: pathlib.Path) -> dict:
-  """Evaluate the workdir's latest model (RL if present, else SFT) on each split (benchmark)
-  of config.eval.split: a count file and a JSON summary per split in WORKDIR/eval/."""
+def run_evaluate(config: config_dict.ConfigDict, workdir: pathlib.Path,
+                 explicit_keys: Sequence[str] = ()) -> dict:
+  """Evaluate the workdir's latest models (each arm's RL checkpoint where one exists, else the
+  warm start or the pretrained model) on each split (benchmark) of config.eval.split: a count
+  file and a JSON summary per model and split in WORKDIR/eval/, and the table of every model
+  evaluated there with these settings."""
   tokenizer, model_cfg, task, mesh = _setup(config, workdir)
-  params, label = _initial_params(config, workdir, model_cfg, tokenizer, task, mesh)
-  trained = restore_rl_params(config, workdir / "rl", model_cfg, params, mesh)
-  if trained is not None:
-    params, step = trained
-    label = f"{config.algo.name}-step{step}"
+  start, label = _initial_params(config, workdir, model_cfg, tokenizer, task, mesh)
+  models = {}
+  for name, (arm, rl_dir) in arm_dirs(config, workdir, explicit_keys).items():
+    trained = restore_rl_params(arm, rl_dir, model_cfg, start, mesh)
+    if trained is not None:
+      models[f"{name}-step{trained[1]}"] = trained[0]
+  models = models or {label: start}
   sampler = sampling.Sampler.from_config(config, model_cfg, tokenizer, mesh)
-  summaries = {}
+  latest: dict[str, dict] = {}
   with make_verifier(config.verifier) as verifier:
-    for split in eval_splits(config):
-      one = copy.deepcopy(config)
-      one.eval.split = split
-      _, summaries[split] = evaluate(one, params, sampler, tokenizer, task.split(split),
-                                     verifier, _counts_path(one, workdir, label),
-                                     f"eval {label} on {split}")
+    for label, params in models.items():
+      latest[label] = {}
+      for split in eval_splits(config):
+        one = copy.deepcopy(config)
+        one.eval.split = split
+        _, latest[label][split] = evaluate(one, params, sampler, tokenizer, task.split(split),
+                                           verifier, _counts_path(one, workdir, label),
+                                           f"eval {label} on {split}")
   _report("".join(f"\n{split} ({summary['num_problems']} problems, n = {summary['n']}):\n"
-                  + format_pass_table({label: summary}) for split, summary in summaries.items()))
-  results = _evaluated_models(config, workdir, {label: summaries})
+                  + format_pass_table({label: summary})
+                  for label, summaries in latest.items() for split, summary in summaries.items()))
+  results = _evaluated_models(config, workdir, latest)
   table = report.benchmark_table(results)
   _report(f"\nevery model evaluated in {workdir} with these settings:\n{table}")
   if jax.process_index() == 0:
@@ -239,6 +247,7 @@ def run_evaluate(config: config_dict.ConfigDict, workdir: pathlib.Path) -> dict:
     (workdir / "eval" / "table.json").write_text(
         json.dumps(results, indent=2, default=float) + "\n")
     report.plot_benchmarks(results, workdir / "eval")
+  label, summaries = next(reversed(latest.items()))
   return {"summaries": summaries, "summary": next(iter(summaries.values())), "label": label,
           "results": results}
 
@@ -262,40 +271,93 @@ def _evaluated_models(config, workdir: pathlib.Path, latest: dict) -> dict:
   return found
 
 
-def run_pipeline(config: config_dict.ConfigDict, workdir: pathlib.Path) -> dict:
-  """Warm start (cached), evaluate the base, RL, evaluate the trained model, compare (on the
-  first split of config.eval.split)."""
+def pipeline_arms(config: config_dict.ConfigDict, explicit_keys: Sequence[str] = ()
+                  ) -> dict[str, config_dict.ConfigDict]:
+  """The RL arms of a pipeline: `{name: config}`, in `config.arms` order.
+
+  Each arm is `config` with its algorithm preset written in (other fields set on the command
+  line keep their values) and trains in WORKDIR/rl_<name>. With `config.arms` empty, or when the
+  command line names one algorithm (`algo.name` / `algo.preset`) but not the arms, the one arm
+  is `config` itself, named by `config.algo.name`, and trains in WORKDIR/rl.
+  """
+  names = [a.strip() for a in config.get("arms", "").split(",") if a.strip()]
+  explicit = set(explicit_keys)
+  if names and explicit & {"algo.name", "algo.preset"} and "arms" not in explicit:
+    logging.info("config.arms=%r not used: the command line names the algorithm to train",
+                 config.arms)
+    names = []
+  if not names:
+    return {config.algo.name: config}
+  arms = {}
+  for name in names:  # an arm's preset names its algorithm, whatever the command line says
+    arm = copy.deepcopy(config)
+    arm.algo.preset = name
+    configs.resolve_presets(arm, explicit - {"algo.name", "algo.preset"})
+    arms[name] = arm
+  return arms
+
+
+def arm_dirs(config: config_dict.ConfigDict, workdir: pathlib.Path,
+             explicit_keys: Sequence[str] = ()) -> dict[str, tuple[config_dict.ConfigDict,
+                                                                   pathlib.Path]]:
+  """`{arm: (its config, its RL directory)}`: WORKDIR/rl for the lone arm of `config.algo`,
+  WORKDIR/rl_<arm> for each arm of `config.arms`."""
+  arms = pipeline_arms(config, explicit_keys)
+  return {name: (arm, workdir / ("rl" if arm is config else f"rl_{name}"))
+          for name, arm in arms.items()}
+
+
+def run_pipeline(config: config_dict.ConfigDict, workdir: pathlib.Path,
+                 explicit_keys: Sequence[str] = ()) -> dict:
+  """Warm start (cached), evaluate the base, RL for each arm from that base, evaluate each
+  trained model, compare (on the first split of config.eval.split): one pass@k table (base and
+  every arm), each arm against the base problem by problem (lost / gained), and a pass@k plot.
+  Writes WORKDIR/results.md, results.json and passk.png."""
   config = _first_split(config)
+  arms = arm_dirs(config, workdir, explicit_keys)
   tokenizer, model_cfg, task, mesh = _setup(config, workdir)
   started = time.perf_counter()
   base, _ = _warm_start(config, workdir, model_cfg, tokenizer, task, mesh)
   sampler = sampling.Sampler.from_config(config, model_cfg, tokenizer, mesh)
   heldout = task.split(config.eval.split)
-  summaries = {}
+  summaries, records = {}, {}
+  params = base
   with make_verifier(config.verifier) as verifier:
-    _, summaries["base"] = evaluate(config, base, sampler, tokenizer, heldout, verifier,
-                                    _counts_path(config, workdir, "base"), "eval base")
-    params = base
-    if config.train.steps:  # train.steps=0: warm start and base evaluation only
-      periodic = _periodic_evaluator(config, sampler, tokenizer, heldout, verifier)
-      result = train_rl(config, workdir / "rl", model_cfg, tokenizer, task.split("train"),
-                        verifier, base, periodic, mesh, sampler)
+    records["base"], summaries["base"] = evaluate(
+        config, base, sampler, tokenizer, heldout, verifier, _counts_path(config, workdir, "base"),
+        "eval base")
+    for name, (arm, rl_dir) in arms.items() if config.train.steps else ():  # 0: no RL
+      periodic = _periodic_evaluator(arm, sampler, tokenizer, heldout, verifier)
+      result = train_rl(arm, rl_dir, model_cfg, tokenizer, task.split("train"), verifier, base,
+                        periodic, mesh, sampler)
       if result.interrupted:
         return {"interrupted": True}
-      params, label = result.params, f"{config.algo.name}-step{result.steps_done}"
-      _, summaries[label] = evaluate(config, params, sampler, tokenizer, heldout, verifier,
-                                     _counts_path(config, workdir, label), f"eval {label}")
-  table = format_pass_table(summaries)
+      params, label = result.params, f"{name}-step{result.steps_done}"
+      records[label], summaries[label] = evaluate(
+          arm, params, sampler, tokenizer, heldout, verifier, _counts_path(arm, workdir, label),
+          f"eval {label}")
   seconds = time.perf_counter() - started
   if jax.process_index() != 0:
     return {"summaries": summaries, "params": params}
+  table = format_pass_table(summaries)
+  trained = {label: r for label, r in records.items() if label != "base"}
+  versus, comparisons = report.versus_base(records["base"], trained) if trained else ("", {})
   num_problems = config.eval.max_problems or len(heldout)
-  _report(f"\npass@k on {num_problems} held-out problems, n = {config.eval.n}, temperature "
-          f"{config.eval.temperature}, top-p {config.eval.top_p} ({seconds:.0f} s this run):\n"
-          f"{table}")
-  (workdir / "results.json").write_text(json.dumps(summaries, indent=2, default=float) + "\n")
-  (workdir / "results.md").write_text(table + "\n")
-  return {"summaries": summaries, "params": params}
+  text = (f"pass@k on {num_problems} held-out problems, n = {config.eval.n}, temperature "
+          f"{config.eval.temperature}, top-p {config.eval.top_p}:\n{table}\n")
+  if versus:
+    text += ("\neach trained model against the base, problem by problem (points; paired "
+             "bootstrap over problems; lost: solved by the base, never by the model; gained: "
+             f"the reverse):\n{versus}\n")
+  _report(f"\n({seconds:.0f} s this run)\n{text}")
+  (workdir / "results.json").write_text(json.dumps(
+      {"summaries": summaries, "versus_base": comparisons}, indent=2, default=float) + "\n")
+  (workdir / "results.md").write_text(text)
+  from agpo_jax.evaluation import plots  # noqa: PLC0415  (matplotlib only here)
+  plots.plot_pass_at_k({label: {int(k): v for k, v in s["pass@k"].items()}
+                        for label, s in summaries.items()},
+                       f"held-out pass@k ({config.task.name})", workdir / "passk.png")
+  return {"summaries": summaries, "params": params, "versus_base": comparisons}
 
 
 def format_pass_table(summaries: dict[str, dict]) -> str:
@@ -339,6 +401,8 @@ def run(config: config_dict.ConfigDict, workdir: str | pathlib.Path,
   workdir.mkdir(parents=True, exist_ok=True)
   if jax.process_index() == 0:
     configs.save_config(config, workdir / "config.json")
+  if mode in ("pipeline", "evaluate"):  # these read the arms, which the command line may pick
+    return MODES[mode](config, workdir, explicit_keys)
   return MODES[mode](config, workdir)
 
 

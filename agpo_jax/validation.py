@@ -41,7 +41,8 @@ from agpo_jax import configs, defaults, tokenizers
 from agpo_jax.algorithms import advantages, losses
 from agpo_jax.algorithms.defaults import _PRESETS
 from agpo_jax.models.config import DTYPES, PRESETS, ModelConfig
-from agpo_jax.tasks import MATH_TASK_NAMES, MultiplicationTask, benchmarks, task_names
+from agpo_jax.tasks import (MATH_TASK_NAMES, ArithmeticTask, MultiplicationTask, benchmarks,
+                            task_names)
 from agpo_jax.train.state import SCHEDULES
 from agpo_jax.verifiers.grades import REFERENCE_KINDS
 
@@ -204,6 +205,7 @@ def _optim_specs(block: str) -> dict[str, Spec]:
 
 FIELD_SPECS: dict[str, Spec] = {
     "mode": Str(defaults.MODES),
+    "arms": Str(),
     "seed": Int(),
     "prng_impl": Str(PRNG_IMPLS),
     # tokenizer
@@ -310,7 +312,7 @@ FIELD_SPECS: dict[str, Spec] = {
 # Keys whose absence is fine: the code reading them has a default, or they are newer than
 # some configs.
 OPTIONAL_KEYS = frozenset({
-    "sampling.rollout_chunks", "algo.preset", "train.spike_factor", "train.spike_warmup",
+    "arms", "sampling.rollout_chunks", "algo.preset", "train.spike_factor", "train.spike_warmup",
     "sft.max_consecutive_skips", "sft.spike_factor", "sft.spike_warmup",
     *(key for key in FIELD_SPECS if key.startswith("distributed.")),
 })
@@ -508,6 +510,18 @@ def _check_task(c: _Checker) -> None:
       c.problem("verifier.kind", f"got {c.get('verifier.kind')!r}; the math task {name!r} "
                 "needs 'math' (answers are graded by mathematical equivalence)")
     valid_splits = (*MATH_SPLIT_NAMES, *benchmarks.benchmark_names())
+  elif name == "arithmetic":
+    specs = {"low": Int(0), "high": Int(0), "terms": Int(2), "ops": Str(nonempty=True),
+             "num_train": Int(1), "num_heldout": Int(1), "seed": Int(),
+             "instruction": Str(), "system_prompt": Str(none_ok=True)}
+    for field, spec in specs.items():  # absent fields take arithmetic_config's defaults
+      c.field(f"task.{field}", spec, optional=True)
+    if not any(f"task.{field}" in c.bad for field in specs):
+      try:  # the draw's own checks (operators, range, enough distinct expressions)
+        ArithmeticTask(c.get("task"))
+      except configs.ConfigError as e:
+        c.problem("task", str(e))
+    valid_splits = ArithmeticTask.SPLITS
   else:
     return  # a task registered elsewhere: its own constructor checks its block
   if c.ok("eval.split"):
@@ -598,6 +612,14 @@ def _check_rules(c: _Checker) -> None:
     if count and index >= count:
       c.problem("distributed.process_id", f"got {index}; must be < distributed.num_processes="
                 f"{count} (or -1: from the environment)")
+  if c.ok("arms"):
+    arms = [a.strip() for a in c.get("arms").split(",") if a.strip()]
+    unknown = [a for a in arms if a not in _PRESETS]
+    if unknown:
+      c.problem("arms", f"got {c.get('arms')!r}: {unknown[0]!r} is not an algorithm preset; "
+                f"each arm must be one of {tuple(sorted(_PRESETS))}")
+    elif len(set(arms)) < len(arms):
+      c.problem("arms", f"got {c.get('arms')!r}; an arm is named twice")
   if c.get("task.name") == "multiplication" and c.ok("tokenizer.kind", "tokenizer.alphabet") and (
       c.get("tokenizer.kind") == "char"):
     missing = sorted(set(MultiplicationTask.alphabet) - set(c.get("tokenizer.alphabet")))

@@ -3,11 +3,13 @@
     python -m agpo_jax.main --config=configs/default.py --workdir=runs/default
 
 runs the whole method: SFT warm start on the task's demonstrations (cached in the workdir),
-pass@k of that base model on held-out problems, RL with AGPO, pass@k of the trained model, and
-a base-vs-trained table. Every block and its defaults: `agpo_jax/defaults.py`. Any field can be
+pass@k of that base model on held-out problems, RL with GRPO and with AGPO from that base
+(`config.arms`), pass@k of each trained model, and one table: base, GRPO, AGPO, and each
+against the base problem by problem (results.md, results.json, passk.png in the workdir). Every block and its defaults: `agpo_jax/defaults.py`. Any field can be
 overridden for ablations, e.g.
 
-    --config.algo.name=grpo --config.seed=1 --config.train.steps=300
+    --config.arms=grpo,nsr,agpo --config.seed=1 --config.train.steps=300
+    --config.algo.name=grpo     (one algorithm alone; --config.algo.agpo.r_neg=-0.5 ...)
     --config.algo.preset=dapo        (a named recipe: see agpo_jax/algorithms/defaults.py)
 """
 
@@ -35,6 +37,7 @@ def get_config():
   config.train.log_every = 10
   config.optim.lr = 3e-4
   config.algo.name = "agpo"
+  config.arms = "grpo,agpo"  # the pipeline trains and compares both from one base
 
   # pass@k on the 1,000 held-out problems, 256 samples each, at the training temperature.
   config.eval.n = 256

@@ -48,6 +48,9 @@ def grid_runs(axes: list[tuple[str, list[str]]]) -> list[dict[str, str]]:
 
 
 def main_command(config: str, workdir: pathlib.Path, overrides: dict[str, str]) -> list[str]:
+  """The `agpo_jax.main` command of one run: one RL arm (`config.algo`, `--config.arms=`)
+  unless the overrides name the arms."""
+  overrides = {"arms": "", **overrides}
   return [sys.executable, "-m", "agpo_jax.main", f"--config={config}", f"--workdir={workdir}",
           *(f"--config.{k}={v}" for k, v in overrides.items())]
 
@@ -81,7 +84,7 @@ def collect(sweep_dir: pathlib.Path, runs: list[dict[str, str]]) -> list[dict]:
   records = []
   for overrides in runs:
     results = json.loads((sweep_dir / run_name(overrides) / "results.json").read_text())
-    for model, summary in results.items():
+    for model, summary in results["summaries"].items():
       records.append({"run": run_name(overrides), "overrides": overrides, "model": model,
                       "pass@k": {int(k): v for k, v in summary["pass@k"].items()},
                       "avg@n": summary["avg@n"]})

@@ -6,11 +6,14 @@ import pathlib
 import subprocess
 import sys
 
+import jax
 import pytest
 from absl import flags
 from absl.testing import flagsaver
 
-from agpo_jax import configs, main
+from agpo_jax import configs, defaults, main, tokenizers, validation
+from agpo_jax.algorithms.defaults import _PRESETS
+from agpo_jax.tasks import math_task_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT = str(ROOT / "configs" / "default.py")
@@ -169,8 +172,10 @@ def test_run_sample_mode_in_process(tmp_path):
 
 
 def test_pipeline_end_to_end_in_process(tmp_path):
-  """Warm start, base evaluation, RL with periodic evaluation, trained evaluation, table."""
+  """Warm start, base evaluation, RL for each arm (GRPO, AGPO) from that one base with periodic
+  evaluation, each trained model's evaluation, one table and the comparison with the base."""
   cfg = configs.load_config_file(DEFAULT)
+  assert cfg.arms == "grpo,agpo"
   cfg.model.num_layers = 1
   cfg.sft.steps = 3
   cfg.sft.batch_size = 16
@@ -183,31 +188,69 @@ def test_pipeline_end_to_end_in_process(tmp_path):
   cfg.eval.n = 4
   cfg.eval.max_problems = 5
   result = main.run(cfg, tmp_path)
-  assert set(result["summaries"]) == {"base", "agpo-step2"}
+  assert list(result["summaries"]) == ["base", "grpo-step2", "agpo-step2"]
   saved = json.loads((tmp_path / "results.json").read_text())
-  assert saved["base"]["num_problems"] == 5 and saved["base"]["n"] == 4
+  assert saved["summaries"]["base"]["num_problems"] == 5 and saved["summaries"]["base"]["n"] == 4
+  assert sorted(saved["versus_base"]) == ["agpo-step2", "grpo-step2"]
   table = (tmp_path / "results.md").read_text()
-  assert "| base |" in table and "| agpo-step2 |" in table and "pass@4" in table
-  lines = [json.loads(l) for l in (tmp_path / "rl" / "metrics.jsonl").read_text().splitlines()]
-  assert [l["step"] for l in lines] == [1, 2]
-  assert all("eval/pass@2" in l for l in lines)
-  # A second run reuses everything: the warm start, both evaluations and the finished RL run.
-  logs = [tmp_path / "sft" / "metrics.jsonl", tmp_path / "rl" / "metrics.jsonl",
-          *sorted((tmp_path / "eval").iterdir())]
+  for row in ("| base |", "| grpo-step2 |", "| agpo-step2 |", "pass@4", "| model vs base |"):
+    assert row in table
+  assert (tmp_path / "passk.png").is_file()
+  assert len(list((tmp_path / "eval").glob("base_*.jsonl"))) == 1  # the base evaluated once
+  metrics = {arm: [json.loads(l) for l in (tmp_path / f"rl_{arm}" / "metrics.jsonl").read_text()
+                   .splitlines()] for arm in ("grpo", "agpo")}
+  for lines in metrics.values():
+    assert [l["step"] for l in lines] == [1, 2]
+    assert all("eval/pass@2" in l for l in lines)
+  # Both arms start from the same base with the same seed: the first rollout is the same.
+  assert metrics["grpo"][0]["reward"] == metrics["agpo"][0]["reward"]
+  assert metrics["grpo"][0]["eval/pass@2"] == metrics["agpo"][0]["eval/pass@2"]
+  # Each arm got its preset: GRPO's loss is a sequence mean, AGPO's a token mean.
+  arms = main.pipeline_arms(cfg)
+  assert arms["grpo"].algo.name == "grpo" and arms["grpo"].loss.aggregation == "seq_mean_token_mean"
+  assert arms["agpo"].algo.name == "agpo" and arms["agpo"].loss.aggregation == "token_mean"
+  # A second run reuses everything: the warm start, every evaluation and the finished RL runs.
+  logs = [tmp_path / "sft" / "metrics.jsonl", tmp_path / "rl_grpo" / "metrics.jsonl",
+          tmp_path / "rl_agpo" / "metrics.jsonl", *sorted((tmp_path / "eval").iterdir())]
   before = [p.read_text() for p in logs]
   again = main.run(cfg, tmp_path)
   assert [p.read_text() for p in logs] == before
   drop_time = lambda summaries: {k: {**v, "seconds": None} for k, v in summaries.items()}
   assert drop_time(again["summaries"]) == drop_time(result["summaries"])
 
-  # evaluate mode restores the RL checkpoint: re-sampled counts equal the pipeline's.
-  trained_counts = next((tmp_path / "eval").glob("agpo-step2_*.jsonl"))
-  expected = trained_counts.read_text()
-  trained_counts.unlink()
+  # evaluate mode restores each arm's RL checkpoint: re-sampled counts equal the pipeline's.
+  expected = {}
+  for arm in ("grpo", "agpo"):
+    counts = next((tmp_path / "eval").glob(f"{arm}-step2_*.jsonl"))
+    expected[counts] = counts.read_text()
+    counts.unlink()
   cfg.mode = "evaluate"
   evaluated = main.run(cfg, tmp_path)
-  assert evaluated["label"] == "agpo-step2"
-  assert trained_counts.read_text() == expected
+  assert list(evaluated["results"])[-2:] == ["grpo-step2", "agpo-step2"]
+  assert {p: p.read_text() for p in expected} == expected
+
+
+def test_pipeline_arms_follow_the_command_line():
+  cfg = configs.load_config_file(DEFAULT)
+  cfg.loss.eps_high = 0.3
+  arms = main.pipeline_arms(cfg, explicit_keys=["loss.eps_high"])
+  assert list(arms) == ["grpo", "agpo"]
+  assert all(arm.loss.eps_high == 0.3 for arm in arms.values())  # set on the command line
+  # Naming one algorithm on the command line trains it alone, in WORKDIR/rl.
+  for key in ("algo.name", "algo.preset"):
+    (only,) = main.arm_dirs(cfg, pathlib.Path("w"), explicit_keys=[key]).items()
+    assert only[0] == "agpo" and only[1] == (cfg, pathlib.Path("w/rl"))
+  cfg.arms = "dapo, nsr"
+  arms = main.arm_dirs(cfg, pathlib.Path("w"), explicit_keys=["algo.name", "arms"])
+  assert [(name, d) for name, (_, d) in arms.items()] == [("dapo", pathlib.Path("w/rl_dapo")),
+                                                        ("nsr", pathlib.Path("w/rl_nsr"))]
+  assert arms["dapo"][0].reward.dynamic_sampling and arms["dapo"][0].algo.name == "grpo"
+  cfg.arms = ""
+  assert list(main.pipeline_arms(cfg)) == ["agpo"]
+  cfg.arms = "grpo,gpro"
+  assert validation.config_problems(cfg) == [
+      "config.arms: got 'grpo,gpro': 'gpro' is not an algorithm preset; each arm must be one of "
+      + str(tuple(sorted(_PRESETS)))]
 
 
 def test_run_that_cannot_fit_is_refused_before_any_work(tmp_path, capsys):
@@ -272,3 +315,46 @@ def test_algorithm_preset_from_the_command_line_and_overrides_win():
   cfg.algo.preset = "dapoo"
   with pytest.raises(configs.ConfigError, match="config.algo.preset='dapoo' is not one of"):
     configs.resolve_presets(cfg)
+
+
+def test_evaluate_mode_on_a_pretrained_checkpoint_writes_the_benchmark_table(tmp_path, capsys):
+  """A tiny random Qwen2 checkpoint (safetensors, a Qwen2.5-style tokenizer with its own chat
+  template) evaluated on 2-problem subsets of two benchmarks: a row for the model, a column
+  group per benchmark, a plot per benchmark."""
+  from agpo_jax.models import hf, transformer  # noqa: PLC0415
+  from agpo_jax.models.config import ModelConfig  # noqa: PLC0415
+  from tests.test_chat_templates import _qwen_dir  # noqa: PLC0415
+  checkpoint = tmp_path / "tiny-qwen"
+  checkpoint.mkdir()
+  _qwen_dir(checkpoint)
+  vocab = tokenizers.HFTokenizer(checkpoint).vocab_size
+  model_cfg = ModelConfig(vocab_size=vocab, num_layers=1, d_model=32, num_heads=2,
+                          num_kv_heads=1, head_dim=16, mlp_dim=64, qkv_bias=True,
+                          tie_embeddings=True, max_seq_len=1024)
+  hf.save_hf_checkpoint(checkpoint, model_cfg,
+                        transformer.init_params(model_cfg, jax.random.key(0)))
+  cfg = defaults.base_config()
+  cfg.mode = "evaluate"
+  cfg.task = math_task_config("math500")
+  cfg.task.max_problems = 2
+  cfg.verifier.kind = "math"
+  cfg.verifier.num_workers = 1
+  cfg.tokenizer.kind = "hf"
+  cfg.model.checkpoint = str(checkpoint)
+  cfg.sampling.min_prompt_bucket = 64
+  cfg.eval.split = "math500,gsm8k"
+  cfg.eval.n, cfg.eval.samples_per_call, cfg.eval.max_new_tokens = 2, 2, 4
+  assert validation.config_problems(cfg) == []
+  result = main.run(cfg, tmp_path / "run")
+  assert result["label"] == "pretrained"
+  for split in ("math500", "gsm8k"):
+    summary = result["summaries"][split]
+    assert summary["num_problems"] == 2 and summary["n"] == 2
+    assert (tmp_path / "run" / "eval" / f"passk_{split}.png").is_file()
+  table = (tmp_path / "run" / "eval" / "table.md").read_text().splitlines()
+  assert table[0] == ("| model | math500 avg@2 | math500 pass@2 | math500 maj@2 | gsm8k avg@2 "
+                      "| gsm8k pass@2 | gsm8k maj@2 |")
+  assert table[2].startswith("| pretrained | ") and len(table) == 3
+  saved = json.loads((tmp_path / "run" / "eval" / "table.json").read_text())
+  assert sorted(saved["pretrained"]) == ["gsm8k", "math500"]
+  assert "every model evaluated in" in capsys.readouterr().out

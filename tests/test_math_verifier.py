@@ -17,7 +17,7 @@ from agpo_jax.verifiers import (
     extract_boxed,
     normalize_answer,
 )
-from agpo_jax.verifiers.labels import grade_label
+from agpo_jax.verifiers.labels import grade_label, grade_string
 
 EXCEPTIONS = json.loads(
     (pathlib.Path(__file__).parent / "data" / "verifier_exceptions.json").read_text()
@@ -280,6 +280,33 @@ def test_statuses_and_extracted_answer(grader):
 )
 def test_label_grading(completion, gold, ignore_case, status):
   assert grade_label(completion, gold, ignore_case=ignore_case).status == status
+
+
+@pytest.mark.parametrize(
+    "completion, gold, status, answer",
+    [
+        ("43 - 32 = 11", "11", CORRECT, "11"),  # the last number
+        ("14 + 16 = 20 when reordered", "30", INCORRECT, "20"),
+        ("43-32=11.", "11", CORRECT, "11"),
+        ("So 7 - 12 = -5", "-5", CORRECT, "-5"),
+        ("\\boxed{1,024} and then 3 more", "1024", CORRECT, "1024"),  # a stated answer wins
+        ("The answer is 2.50 apples.", "2.5", CORRECT, "2.5"),
+        ("\\boxed{+1024.0}", "1024", CORRECT, "1024"),
+        ("\\boxed{x}", "3", UNPARSEABLE, "x"),
+        ("no digits here", "3", UNPARSEABLE, ""),
+        ("3 then 4", "3", INCORRECT, "4"),
+    ],
+)
+def test_number_grading(completion, gold, status, answer):
+  grade = grade_string(completion, gold, "number")
+  assert (grade.status, grade.answer, grade.reward) == (status, answer, float(status == CORRECT))
+
+
+def test_number_reference_must_be_a_number():
+  with pytest.raises(ValueError, match="'number' reference 'abc' is not a number"):
+    grade_string("12", "abc", "number")
+  with pytest.raises(ValueError, match="reference kind 'math' is not one of"):
+    grade_string("12", "12", "math")
 
 
 # --------------------------------------------------------------------------------------------

@@ -59,8 +59,8 @@ def chatml_tokenizer(tmp_path_factory) -> tok_lib.HFTokenizer:
 
 
 def test_registry_names_every_task():
-  assert tasks.task_names() == ["multiplication", *MATH_TASKS]
-  assert set(tasks.TASKS) == {"multiplication", *MATH_TASKS}
+  assert tasks.task_names() == ["multiplication", "arithmetic", *MATH_TASKS]
+  assert set(tasks.TASKS) == {"multiplication", "arithmetic", *MATH_TASKS}
   assert "gsm8k_train" not in tasks.TASKS  # a training set, not a task
 
 
@@ -70,7 +70,7 @@ def test_unknown_task_name_names_the_key_and_the_choices():
   with pytest.raises(ValueError, match=r"config\.task\.name='math5000' is not one of") as error:
     make_task(cfg)
   assert isinstance(error.value, configs.ConfigError)
-  for name in ["multiplication", *MATH_TASKS]:
+  for name in ["multiplication", "arithmetic", *MATH_TASKS]:
     assert repr(name) in str(error.value)
   with pytest.raises(ValueError, match=r"config\.task\.name='nope'"):
     task_config("nope")
@@ -183,6 +183,80 @@ def test_testbed_split_errors_and_prompt_encoding():
   tokenizer = tok_lib.CharTokenizer(MultiplicationTask.alphabet)
   problem = task.split("train")[0]
   assert encode_prompt(tokenizer, problem) == [tokenizer.bos_id, *tokenizer.encode("10*10=")]
+
+
+# ------------------------------------------------------------------------------- arithmetic
+
+
+def _python_value(expression: str) -> int:
+  """The expression's value by Python's own parser and evaluator (an independent check)."""
+  tree = ast.parse(expression, mode="eval")
+  allowed = (ast.Expression, ast.BinOp, ast.Constant, ast.Add, ast.Sub, ast.Mult)
+  assert all(isinstance(node, allowed) for node in ast.walk(tree)), expression
+  return eval(compile(tree, "<expression>", "eval"), {"__builtins__": {}})  # noqa: S307
+
+
+@pytest.mark.parametrize("terms, ops", [(2, "+-"), (4, "+-*"), (3, "*")])
+def test_arithmetic_answers_match_pythons_evaluation(terms, ops):
+  cfg = task_config("arithmetic")
+  cfg.update(dict(terms=terms, ops=ops, low=0, high=30, num_train=300, num_heldout=100))
+  task = make_task(cfg)
+  problems = task.split("train") + task.split("heldout")
+  assert len(problems) == 400 and len({p.id for p in problems}) == 400
+  for problem in problems:
+    assert problem.answer == str(_python_value(problem.id))
+    assert problem.prompt == f"What is {problem.id}?"
+    assert problem.reference == Reference(problem.answer, kind="number")
+    assert len(problem.id.split()) == 2 * terms - 1
+    assert set(problem.id.split()[1::2]) <= set(ops)
+  if ops == "+-*":  # precedence really exercised: some expressions differ left to right
+    assert any(_python_value(p.id) != _left_to_right(p.id) for p in problems)
+
+
+def _left_to_right(expression: str) -> int:
+  parts = expression.split()
+  value = int(parts[0])
+  for op, operand in zip(parts[1::2], parts[2::2]):
+    value = {"+": value + int(operand), "-": value - int(operand), "*": value * int(operand)}[op]
+  return value
+
+
+def test_arithmetic_split_is_by_problem_and_seeded(chatml_tokenizer):
+  task = make_task(task_config("arithmetic"))
+  train, heldout = task.split("train"), task.split("heldout")
+  assert (len(train), len(heldout)) == (2000, 200)
+  assert not {p.id for p in train} & {p.id for p in heldout}
+  assert task.split("test") == heldout
+  again = make_task(task_config("arithmetic"))
+  assert [p.id for p in again.split("train")] == [p.id for p in train]
+  other = task_config("arithmetic")
+  other.seed = 1
+  assert [p.id for p in make_task(other).split("heldout")] != [p.id for p in heldout]
+  problem = heldout[0]
+  assert problem.messages == [{"role": "user",
+                               "content": f"{problem.prompt}\n\n{MATH_INSTRUCTION}"}]
+  assert encode_prompt(chatml_tokenizer, problem) == tok_lib.encode_chat(
+      chatml_tokenizer, problem.messages)
+  with pytest.raises(ValueError, match=r"split 'train2' \(config\.eval\.split\)"):
+    task.split("train2")
+
+
+def test_arithmetic_prompt_options_and_errors():
+  cfg = task_config("arithmetic")
+  cfg.instruction, cfg.system_prompt = "", "Be brief."
+  problem = make_task(cfg).split("heldout")[0]
+  assert problem.messages == [{"role": "system", "content": "Be brief."},
+                              {"role": "user", "content": problem.prompt}]
+  for override, message in [
+      (dict(ops="+/"), r"config\.task\.ops='\+/'"),
+      (dict(terms=1), r"config\.task\.terms=1 must be >= 2"),
+      (dict(low=5, high=4), r"config\.task\.low=5 and config\.task\.high=4"),
+      (dict(low=1, high=9, num_train=100, num_heldout=10), r"more than half of the 162 distinct"),
+  ]:
+    bad = task_config("arithmetic")
+    bad.update(override)
+    with pytest.raises(configs.ConfigError, match=message):
+      make_task(bad)
 
 
 def test_prompt_iterator_order_and_state_are_unchanged():

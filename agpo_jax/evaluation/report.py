@@ -83,3 +83,37 @@ def plot_benchmarks(results: Mapping[str, Mapping[str, Summary]], directory: str
     plots.plot_pass_at_k(curves, f"pass@k on {bench}", path)
     paths.append(path)
   return paths
+
+
+def versus_base(base_records, trained: Mapping[str, list], num_resamples: int = 1000,
+                seed: int = 0) -> tuple[str, dict]:
+  """Each trained model against the base, problem by problem (`boundary.compare`).
+
+  Args:
+    base_records: the base model's count records.
+    trained: `{model: count records}` on the same problems.
+    num_resamples: paired bootstrap resamples of the confidence intervals (95%).
+    seed: the bootstrap's seed.
+
+  Returns:
+    A markdown table (a row per model: the change of pass@1 and of pass@k at the largest k,
+    each with its 95% interval, in points, and the problems lost and gained) and
+    `{model: BoundaryReport.to_dict()}`.
+  """
+  from agpo_jax.evaluation.boundary import compare
+
+  lines, reports = [], {}
+  for model, records in trained.items():
+    report = compare(base_records, records, num_resamples=num_resamples, seed=seed)
+    reports[model] = report.to_dict()
+    k_max = max(report.ks)
+    if not lines:
+      lines = [f"| model vs base | Δ pass@1 | 95% CI | Δ pass@{k_max} | 95% CI | lost | gained |",
+               "|---|---:|:---:|---:|:---:|---:|---:|"]
+    cells = [model]
+    for k in (1, k_max):
+      low, high = report.ci.get(k, (float("nan"), float("nan")))
+      cells += [f"{100 * report.difference[k]:+.1f}", f"[{100 * low:+.1f}, {100 * high:+.1f}]"]
+    cells += [str(len(report.lost)), str(len(report.gained))]
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines), reports

@@ -1,15 +1,16 @@
 """Tasks: where prompts and reference answers come from.
 
 Every task is reached by `config.task.name` through `TASKS`: 'multiplication' (the embedded
-testbed, `testbed`) and one math task per evaluation benchmark ('math500', 'aime24', 'aime25',
-'amc23', 'minerva', 'olympiadbench', 'gsm8k'; `math_tasks`). `task_config(name)` is a task's
+testbed, `testbed`), 'arithmetic' (drawn expressions for pretrained chat models, `arithmetic`)
+and one math task per evaluation benchmark ('math500', 'aime24', 'aime25', 'amc23', 'minerva',
+'olympiadbench', 'gsm8k'; `math_tasks`). `task_config(name)` is a task's
 default `config.task` block and `make_task(config.task)` builds it. A task exposes
 `split(name) -> list[Problem]`; a `Problem` (`problem`) carries an id, the prompt (text or chat
 messages), the gold answer and its verifier `Reference`. `encode_prompt` turns a problem into
 token ids, with the tokenizer's chat template when the problem is a conversation, and
 `PromptIterator` is the resumable training order over a split.
 
-Modules: `problem` (the shared types), `testbed`, `math_tasks`, `benchmarks` (the JSONL
+Modules: `problem` (the shared types), `testbed`, `arithmetic`, `math_tasks`, `benchmarks` (the JSONL
 registry and loader), `math_format` (the math prompt format), `tfds_source` (`tfds:` sources).
 """
 
@@ -22,6 +23,7 @@ from typing import Any, Callable, NamedTuple, Protocol
 from ml_collections import config_dict
 
 from agpo_jax import configs
+from agpo_jax.tasks.arithmetic import ArithmeticTask, arithmetic_config
 from agpo_jax.tasks.math_tasks import MATH_TASK_NAMES, MathTask, math_task_config
 from agpo_jax.tasks.problem import Problem, PromptIterator, encode_prompt
 from agpo_jax.tasks.testbed import MultiplicationTask, testbed_config
@@ -45,6 +47,7 @@ class TaskEntry(NamedTuple):
 
 TASKS = types.MappingProxyType({
     "multiplication": TaskEntry(MultiplicationTask, testbed_config),
+    "arithmetic": TaskEntry(ArithmeticTask, arithmetic_config),
     **{name: TaskEntry(MathTask, functools.partial(math_task_config, name))
        for name in MATH_TASK_NAMES},
 })
@@ -77,6 +80,7 @@ def make_task(cfg: config_dict.ConfigDict) -> Task:
 
 
 __all__ = [
+    "ArithmeticTask",
     "MATH_TASK_NAMES",
     "TASKS",
     "MathTask",
@@ -85,6 +89,7 @@ __all__ = [
     "PromptIterator",
     "Task",
     "TaskEntry",
+    "arithmetic_config",
     "encode_prompt",
     "make_task",
     "math_task_config",

@@ -5,8 +5,8 @@
         verdicts.rewards, verdicts.statuses, verdicts.stats   # [N] float32, [N] str, dict
 
 `verifier(completions, references)` is the plain callback: `(rewards, statuses)`. Math is
-graded in isolated worker processes (`VerifierPool`); string references ('exact', 'label')
-in-process (`InlineVerifier`), where nothing can hang.
+graded in isolated worker processes (`VerifierPool`); string references ('exact', 'label',
+'number') in-process (`InlineVerifier`), where nothing can hang.
 """
 
 from __future__ import annotations

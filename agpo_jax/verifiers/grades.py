@@ -18,7 +18,7 @@ STATUSES = (CORRECT, INCORRECT, UNPARSEABLE, TIMEOUT, ERROR)
 
 # 'math': symbolic equivalence; 'exact': the extracted answer equals the gold string;
 # 'label': like 'exact' but ignoring case, `\text{}`, quotes and surrounding punctuation.
-REFERENCE_KINDS = ("math", "exact", "label")
+REFERENCE_KINDS = ("math", "exact", "label", "number")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""An in-process verifier for string references ('exact' and 'label').
+"""An in-process verifier for string references ('exact', 'label' and 'number').
 
 String comparison cannot hang or crash, so it needs none of the worker pool's isolation, and
 skipping the inter-process round trip matters for the testbed, where a step grades hundreds of
@@ -13,13 +13,13 @@ from collections.abc import Sequence
 import numpy as np
 
 from agpo_jax.verifiers.grades import Reference, Verdicts
-from agpo_jax.verifiers.labels import grade_label
+from agpo_jax.verifiers.labels import STRING_KINDS, grade_string
 
 
 class InlineVerifier:
   """Same callback contract as `VerifierPool`: `(completions, references) -> (rewards, statuses)`."""
 
-  kinds = ("exact", "label")
+  kinds = STRING_KINDS
 
   def __init__(self, default_kind: str = "exact", max_answer_chars: int = 1000):
     if default_kind not in self.kinds:
@@ -39,9 +39,8 @@ class InlineVerifier:
       if reference.kind not in self.kinds:
         raise ValueError(f"InlineVerifier cannot grade {reference.kind!r} references; "
                          "use the process pool (verifier.kind='math')")
-      grades.append(grade_label(completion, reference.answer,
-                                ignore_case=reference.kind == "label",
-                                max_answer_chars=self.max_answer_chars))
+      grades.append(grade_string(completion, reference.answer, reference.kind,
+                                 max_answer_chars=self.max_answer_chars))
     return Verdicts(grades, time.monotonic() - start)
 
   def __call__(self, completions: Sequence[str], references: Sequence[Reference | str]

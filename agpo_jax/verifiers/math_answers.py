@@ -155,7 +155,8 @@ _CHOICE = re.compile(r"^\(([A-Z])\)$")
 _WORDS = re.compile(r"^[A-Za-z]{3,}(?: [A-Za-z]+)*$")
 
 
-def _normalize_number(s: str) -> str:
+def normalize_number(s: str) -> str:
+  """`-1,024.50` -> `-1024.5`; anything that is not a plain number is returned as it is."""
   match = _NUMBER.match(s)
   if match is None or not (match.group(2) or match.group(3)):
     return s
@@ -198,14 +199,14 @@ def normalize_answer(answer: str) -> str:
   choice = _CHOICE.match(s)
   if choice:
     s = choice.group(1)
-  return _normalize_number(s)
+  return normalize_number(s)
 
 
 def comparison_key(answer: str) -> str:
   """`normalize_answer` for string comparison: a percent sign dropped (`50\\%` == `50`, as
   graders conventionally accept), words of three letters or more lower-cased, spaces dropped
   except between alphanumerics (`2 x` != `2x`)."""
-  s = _normalize_number(normalize_answer(answer).replace("\\%", "").strip())
+  s = normalize_number(normalize_answer(answer).replace("\\%", "").strip())
   if _WORDS.match(s):  # a word answer ("East", "\\text{odd}"), not a product of variables
     s = s.lower()
   return re.sub(r"(?<![A-Za-z0-9]) | (?![A-Za-z0-9])", "", s)

@@ -43,7 +43,7 @@ from agpo_jax.verifiers.grades import (
     Reference,
     Verdicts,
 )
-from agpo_jax.verifiers.labels import grade_label
+from agpo_jax.verifiers.labels import STRING_KINDS, grade_string
 from agpo_jax.verifiers.math_answers import MathGrader  # Math-Verify itself loads in workers
 
 # Reference kinds that make a worker misbehave on purpose, accepted only by a pool built with
@@ -84,10 +84,8 @@ def _grade_one(
     text = _as_text(completion)
     if kind == "math":
       grade = grader.grade(text, gold)
-    elif kind in ("exact", "label"):
-      grade = grade_label(
-          text, gold, ignore_case=kind == "label", max_answer_chars=options["max_answer_chars"]
-      )
+    elif kind in STRING_KINDS:
+      grade = grade_string(text, gold, kind, max_answer_chars=options["max_answer_chars"])
     elif test_hooks and kind == "_test_crash":
       os._exit(3)
     elif test_hooks and kind == "_test_segfault":
