@@ -41,8 +41,8 @@ from agpo_jax import configs, defaults, tokenizers
 from agpo_jax.algorithms import advantages, losses
 from agpo_jax.algorithms.defaults import _PRESETS
 from agpo_jax.models.config import DTYPES, PRESETS, ModelConfig
-from agpo_jax.tasks import (MATH_TASK_NAMES, ArithmeticTask, MultiplicationTask, benchmarks,
-                            task_names)
+from agpo_jax.tasks import (MATH_TASK_NAMES, ArithmeticTask, CountdownTask, MultiplicationTask,
+                            benchmarks, task_names)
 from agpo_jax.train.state import SCHEDULES
 from agpo_jax.verifiers.grades import REFERENCE_KINDS
 
@@ -510,6 +510,17 @@ def _check_task(c: _Checker) -> None:
       c.problem("verifier.kind", f"got {c.get('verifier.kind')!r}; the math task {name!r} "
                 "needs 'math' (answers are graded by mathematical equivalence)")
     valid_splits = (*MATH_SPLIT_NAMES, *benchmarks.benchmark_names())
+  elif name == "countdown":
+    specs = {"numbers": Int(2, 5), "low": Int(0), "high": Int(0), "ops": Str(nonempty=True),
+             "num_train": Int(1), "num_heldout": Int(1), "seed": Int()}
+    for field, spec in specs.items():
+      c.field(f"task.{field}", spec)
+    if c.ok("task.low", "task.high") and c.get("task.low") > c.get("task.high"):
+      c.problem("task.low", f"got {c.get('task.low')}; must be <= task.high={c.get('task.high')}")
+    ops = c.get("task.ops")
+    if c.ok("task.ops") and (set(ops) - set("+-*") or len(set(ops)) < len(ops)):
+      c.problem("task.ops", f"got {ops!r}; must be distinct operators from '+-*'")
+    valid_splits = CountdownTask.SPLITS
   elif name == "arithmetic":
     specs = {"low": Int(0), "high": Int(0), "terms": Int(2), "ops": Str(nonempty=True),
              "num_train": Int(1), "num_heldout": Int(1), "seed": Int(),
@@ -620,12 +631,14 @@ def _check_rules(c: _Checker) -> None:
                 f"each arm must be one of {tuple(sorted(_PRESETS))}")
     elif len(set(arms)) < len(arms):
       c.problem("arms", f"got {c.get('arms')!r}; an arm is named twice")
-  if c.get("task.name") == "multiplication" and c.ok("tokenizer.kind", "tokenizer.alphabet") and (
+  written = {"multiplication": MultiplicationTask.alphabet, "countdown": CountdownTask.alphabet}
+  task = c.get("task.name")
+  if task in written and c.ok("tokenizer.kind", "tokenizer.alphabet") and (
       c.get("tokenizer.kind") == "char"):
-    missing = sorted(set(MultiplicationTask.alphabet) - set(c.get("tokenizer.alphabet")))
+    missing = sorted(set(written[task]) - set(c.get("tokenizer.alphabet")))
     if missing:
-      c.problem("tokenizer.alphabet", f"got {c.get('tokenizer.alphabet')!r}; the multiplication "
-                f"task writes {MultiplicationTask.alphabet!r}, so it must hold {missing} too")
+      c.problem("tokenizer.alphabet", f"got {c.get('tokenizer.alphabet')!r}; the {task} "
+                f"task writes {written[task]!r}, so it must hold {missing} too")
 
 
 def config_problems(config: Any) -> list[str]:

@@ -8,6 +8,7 @@ unset for every test here).
 import ast
 import gzip
 import hashlib
+import itertools
 import json
 import pathlib
 
@@ -20,6 +21,7 @@ import agpo_jax.tasks as tasks
 from agpo_jax import configs
 from agpo_jax import tokenizers as tok_lib
 from agpo_jax.tasks import (
+    CountdownTask,
     MultiplicationTask,
     Problem,
     PromptIterator,
@@ -31,6 +33,7 @@ from agpo_jax.tasks import (
 from agpo_jax.tasks import benchmarks, math_format, testbed, tfds_source
 from agpo_jax.tasks.math_format import MATH_INSTRUCTION, build_math_messages
 from agpo_jax.verifiers.grades import Reference
+from agpo_jax.verifiers.labels import grade_string
 from tests.test_benchmarks import EXPECTED_COUNTS
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -59,8 +62,8 @@ def chatml_tokenizer(tmp_path_factory) -> tok_lib.HFTokenizer:
 
 
 def test_registry_names_every_task():
-  assert tasks.task_names() == ["multiplication", "arithmetic", *MATH_TASKS]
-  assert set(tasks.TASKS) == {"multiplication", "arithmetic", *MATH_TASKS}
+  assert tasks.task_names() == ["multiplication", "countdown", "arithmetic", *MATH_TASKS]
+  assert set(tasks.TASKS) == {"multiplication", "countdown", "arithmetic", *MATH_TASKS}
   assert "gsm8k_train" not in tasks.TASKS  # a training set, not a task
 
 
@@ -70,7 +73,7 @@ def test_unknown_task_name_names_the_key_and_the_choices():
   with pytest.raises(ValueError, match=r"config\.task\.name='math5000' is not one of") as error:
     make_task(cfg)
   assert isinstance(error.value, configs.ConfigError)
-  for name in ["multiplication", "arithmetic", *MATH_TASKS]:
+  for name in ["multiplication", "countdown", "arithmetic", *MATH_TASKS]:
     assert repr(name) in str(error.value)
   with pytest.raises(ValueError, match=r"config\.task\.name='nope'"):
     task_config("nope")
@@ -353,3 +356,78 @@ def test_math_task_trains_on_a_jsonl_file(tmp_path):
   cfg.train_source = str(tmp_path / "missing.jsonl")
   with pytest.raises(ValueError, match="config.task.train_source=.*missing.jsonl"):
     make_task(cfg)
+
+
+# ------------------------------------------------------------------------------- countdown
+
+
+def _countdown(**overrides):
+  cfg = task_config("countdown")
+  cfg.update(dict(num_train=300, num_heldout=100, **overrides))
+  return make_task(cfg)
+
+
+@pytest.mark.parametrize("numbers, ops", [(4, "+-*"), (3, "+-"), (3, "*")])
+def test_countdown_gold_answers_solve_their_problems(numbers, ops):
+  task = _countdown(numbers=numbers, ops=ops)
+  problems = task.split("train") + task.split("heldout")
+  assert len({p.id for p in problems}) == 400
+  for problem in problems:
+    given, target = problem.id.split(":")
+    assert problem.prompt == problem.id + "=" and problem.reference_kind == "countdown"
+    # The gold expression, evaluated by Python, reaches the target with the given numbers.
+    assert _python_value(problem.answer) == int(target)
+    gold_numbers = [int(x) for x in problem.answer.replace("-", " ").replace("+", " ")
+                    .replace("*", " ").split()]
+    assert sorted(gold_numbers) == sorted(int(x) for x in given.split(","))
+    assert len(gold_numbers) == numbers and set(problem.answer) - set("0123456789") <= set(ops)
+    assert set(problem.prompt + problem.answer) <= set(CountdownTask.alphabet)
+
+
+def test_countdown_split_is_by_problem_and_seeded():
+  task = _countdown()
+  train, heldout = task.split("train"), task.split("heldout")
+  assert (len(train), len(heldout)) == (300, 100)
+  assert not {p.id for p in train} & {p.id for p in heldout}
+  assert [p.id for p in _countdown().split("heldout")] == [p.id for p in heldout]
+  assert [p.id for p in _countdown(seed=1).split("heldout")] != [p.id for p in heldout]
+  with pytest.raises(ValueError, match=r"split 'test' \(config\.eval\.split\) is not one of"):
+    task.split("test")
+  for override, message in [(dict(numbers=6), r"config\.task\.numbers=6 must be in \[2, 5\]"),
+                            (dict(ops="++"), r"config\.task\.ops='\+\+' must be distinct"),
+                            (dict(low=1, high=2, numbers=2), r"could not draw that many")]:
+    with pytest.raises(configs.ConfigError, match=message):
+      _countdown(**override)
+
+
+def test_countdown_uniform_guesser_by_brute_force():
+  """The guess rate against every (order, operators) choice enumerated here and graded by
+  the verifier; and pass@k of the uniform guesser from it."""
+  task = _countdown()
+  for problem in task.split("heldout")[:20]:
+    given = [int(x) for x in problem.id.split(":")[0].split(",")]
+    guesses = ["".join(f"{x}{o}" for x, o in zip(order, ops)) + str(order[-1])
+               for order in itertools.permutations(given)
+               for ops in itertools.product("+-*", repeat=3)]
+    assert len(guesses) == 24 * 27
+    hits = [grade_string(g, problem.answer, "countdown").reward for g in guesses]
+    assert task.uniform_guess_rate(problem) == pytest.approx(np.mean(hits))
+    assert problem.answer in [g for g, h in zip(guesses, hits) if h][:1]  # the first solution
+  rates = np.array([task.uniform_guess_rate(p) for p in task.split("heldout")])
+  rng = np.random.default_rng(0)
+  simulated = (rng.random((len(rates), 4000, 8)) < rates[:, None, None]).any(-1).mean()
+  assert simulated == pytest.approx(np.mean(1 - (1 - rates) ** 8), abs=0.01)
+
+
+def test_countdown_grading():
+  gold = "8*3-6+5"
+  for completion, status in [("8*3-6+5", "correct"), ("3*8+5-6", "correct"),
+                             ("5-6+3*8", "correct"), ("8*3-5+6", "incorrect"),
+                             ("8*3-6", "incorrect"), ("8*3-6+5+0", "incorrect"),
+                             ("8*3-(6-5)", "unparseable"), ("", "unparseable"),
+                             ("-6+8*3+5", "unparseable")]:
+    assert grade_string(completion, gold, "countdown").status == status, completion
+  # Majority voting groups by the value reached with the right numbers.
+  assert grade_string("3*8+5-6", gold, "countdown").answer == "23"
+  assert grade_string("8*3-5+6", gold, "countdown").answer == "25"
+  assert grade_string("8*3-6", gold, "countdown").answer == "8*3-6"

@@ -46,7 +46,7 @@ def test_shipped_configs_are_valid():
   assert validation.config_problems(defaults.base_config()) == []
 
 
-@pytest.mark.parametrize("name", ["smollm2_gsm8k.py", "smollm2_gsm8k.py:arithmetic",
+@pytest.mark.parametrize("name", ["countdown.py", "smollm2_gsm8k.py", "smollm2_gsm8k.py:arithmetic",
                                   "agpo_qwen2p5_math_1p5b.py", "agpo_qwen2p5_math_7b.py"])
 def test_every_shipped_config_is_valid(name, tmp_path):
   cfg = configs.load_config_file(str(ROOT / "configs" / name))
@@ -71,6 +71,17 @@ def test_arithmetic_task_block_is_checked():
   cfg.task.num_train, cfg.eval.split = 100, "gsm8k"
   (problem,) = validation.config_problems(cfg)
   assert problem.startswith("config.eval.split: got 'gsm8k'")
+
+
+def test_countdown_task_block_and_alphabet_are_checked():
+  cfg = configs.load_config_file(str(ROOT / "configs" / "countdown.py"))
+  cfg.task.ops, cfg.task.numbers = "+/", 7
+  cfg.tokenizer.alphabet = "0123456789*="
+  assert validation.config_problems(cfg) == [
+      "config.task.numbers: got 7; must be an integer in [2, 5]",
+      "config.task.ops: got '+/'; must be distinct operators from '+-*'",
+      "config.tokenizer.alphabet: got '0123456789*='; the countdown task writes "
+      "'0123456789+-*,:=', so it must hold ['+', ',', '-', ':'] too"]
 
 
 @pytest.mark.parametrize("preset", sorted(_PRESETS))

@@ -1,7 +1,8 @@
 """Tasks: where prompts and reference answers come from.
 
 Every task is reached by `config.task.name` through `TASKS`: 'multiplication' (the embedded
-testbed, `testbed`), 'arithmetic' (drawn expressions for pretrained chat models, `arithmetic`)
+testbed, `testbed`), 'countdown' (the second testbed task, a search puzzle, `countdown`),
+'arithmetic' (drawn expressions for pretrained chat models, `arithmetic`)
 and one math task per evaluation benchmark ('math500', 'aime24', 'aime25', 'amc23', 'minerva',
 'olympiadbench', 'gsm8k'; `math_tasks`). `task_config(name)` is a task's
 default `config.task` block and `make_task(config.task)` builds it. A task exposes
@@ -10,7 +11,7 @@ messages), the gold answer and its verifier `Reference`. `encode_prompt` turns a
 token ids, with the tokenizer's chat template when the problem is a conversation, and
 `PromptIterator` is the resumable training order over a split.
 
-Modules: `problem` (the shared types), `testbed`, `arithmetic`, `math_tasks`, `benchmarks` (the JSONL
+Modules: `problem` (the shared types), `testbed`, `countdown`, `arithmetic`, `math_tasks`, `benchmarks` (the JSONL
 registry and loader), `math_format` (the math prompt format), `tfds_source` (`tfds:` sources).
 """
 
@@ -24,6 +25,7 @@ from ml_collections import config_dict
 
 from agpo_jax import configs
 from agpo_jax.tasks.arithmetic import ArithmeticTask, arithmetic_config
+from agpo_jax.tasks.countdown import CountdownTask, countdown_config
 from agpo_jax.tasks.math_tasks import MATH_TASK_NAMES, MathTask, math_task_config
 from agpo_jax.tasks.problem import Problem, PromptIterator, encode_prompt
 from agpo_jax.tasks.testbed import MultiplicationTask, testbed_config
@@ -47,6 +49,7 @@ class TaskEntry(NamedTuple):
 
 TASKS = types.MappingProxyType({
     "multiplication": TaskEntry(MultiplicationTask, testbed_config),
+    "countdown": TaskEntry(CountdownTask, countdown_config),
     "arithmetic": TaskEntry(ArithmeticTask, arithmetic_config),
     **{name: TaskEntry(MathTask, functools.partial(math_task_config, name))
        for name in MATH_TASK_NAMES},
@@ -81,6 +84,7 @@ def make_task(cfg: config_dict.ConfigDict) -> Task:
 
 __all__ = [
     "ArithmeticTask",
+    "CountdownTask",
     "MATH_TASK_NAMES",
     "TASKS",
     "MathTask",
@@ -90,6 +94,7 @@ __all__ = [
     "Task",
     "TaskEntry",
     "arithmetic_config",
+    "countdown_config",
     "encode_prompt",
     "make_task",
     "math_task_config",

@@ -20,6 +20,7 @@ from ml_collections import config_dict
 from agpo_jax import configs
 from agpo_jax.tasks.math_format import MATH_INSTRUCTION
 from agpo_jax.tasks.problem import Problem
+from agpo_jax.verifiers.countdown import expression_value
 
 OPERATORS = "+-*"
 
@@ -43,18 +44,6 @@ def arithmetic_config() -> config_dict.ConfigDict:
       instruction=MATH_INSTRUCTION,
       system_prompt=config_dict.placeholder(str),
   ))
-
-
-def evaluate_expression(operands: list[int], operators: list[str]) -> int:
-  """The value of `operands[0] operators[0] operands[1] ...` with '*' before '+' and '-'."""
-  terms, signs = [operands[0]], [1]
-  for operator, operand in zip(operators, operands[1:]):
-    if operator == "*":
-      terms[-1] *= operand
-    else:
-      terms.append(operand)
-      signs.append(1 if operator == "+" else -1)
-  return sum(sign * term for sign, term in zip(signs, terms))
 
 
 def format_expression(operands: list[int], operators: list[str]) -> str:
@@ -104,7 +93,7 @@ class ArithmeticTask:
       operators = [distinct_ops[i] for i in rng.integers(0, len(distinct_ops), size=terms - 1)]
       expression = format_expression(operands, operators)
       if expression not in seen:
-        seen[expression] = self._problem(expression, evaluate_expression(operands, operators))
+        seen[expression] = self._problem(expression, expression_value(operands, operators))
     problems = list(seen.values())  # draw order: the held-out split is the first draws
     self.heldout = problems[:num_heldout]
     self.train = problems[num_heldout:]

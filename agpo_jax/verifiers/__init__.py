@@ -6,7 +6,7 @@
 
 `verifier(completions, references)` is the plain callback: `(rewards, statuses)`. Math is
 graded in isolated worker processes (`VerifierPool`); string references ('exact', 'label',
-'number') in-process (`InlineVerifier`), where nothing can hang.
+'number', 'countdown') in-process (`InlineVerifier`), where nothing can hang.
 """
 
 from __future__ import annotations

@@ -17,8 +17,10 @@ ERROR = "error"  # the verifier itself failed: a crashed worker, an exception, a
 STATUSES = (CORRECT, INCORRECT, UNPARSEABLE, TIMEOUT, ERROR)
 
 # 'math': symbolic equivalence; 'exact': the extracted answer equals the gold string;
-# 'label': like 'exact' but ignoring case, `\text{}`, quotes and surrounding punctuation.
-REFERENCE_KINDS = ("math", "exact", "label", "number")
+# 'label': like 'exact' but ignoring case, `\text{}`, quotes and surrounding punctuation;
+# 'number': the stated (or last) number equals the gold number; 'countdown': any expression
+# over the gold expression's numbers with its value (`countdown`).
+REFERENCE_KINDS = ("math", "exact", "label", "number", "countdown")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""An in-process verifier for string references ('exact', 'label' and 'number').
+"""An in-process verifier for string references ('exact', 'label', 'number', 'countdown').
 
 String comparison cannot hang or crash, so it needs none of the worker pool's isolation, and
 skipping the inter-process round trip matters for the testbed, where a step grades hundreds of

@@ -1,4 +1,4 @@
-r"""String references: 'exact', 'label' and 'number'.
+r"""String references: 'exact', 'label', 'number' and 'countdown' (in `countdown`).
 
 The answer is extracted like a math answer (last `\boxed{}`, `#### x`, "the answer is x").
 For 'exact' and 'label', a completion that states none is taken whole, since a label task may
@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import re
 
+from agpo_jax.verifiers.countdown import grade_countdown
 from agpo_jax.verifiers.grades import CORRECT, INCORRECT, UNPARSEABLE, Grade
 from agpo_jax.verifiers.math_answers import extract_answer, normalize_number, unwrap_text
 
 _SURROUNDING = " \t\n.,;:!?\"'`*$()[]"
 _LAST_NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")
-STRING_KINDS = ("exact", "label", "number")
+STRING_KINDS = ("exact", "label", "number", "countdown")
 
 
 def label_key(answer: str, *, ignore_case: bool) -> str:
@@ -77,6 +78,8 @@ def grade_string(completion: str, gold: str, kind: str, *, max_answer_chars: int
   """Grades a completion against a string reference of kind `kind` (`STRING_KINDS`)."""
   if kind == "number":
     return grade_number(completion, gold, max_answer_chars=max_answer_chars)
+  if kind == "countdown":
+    return grade_countdown(completion, gold, max_answer_chars=max_answer_chars)
   if kind not in ("exact", "label"):
     raise ValueError(f"reference kind {kind!r} is not one of {STRING_KINDS}")
   return grade_label(completion, gold, ignore_case=kind == "label",
