@@ -144,6 +144,9 @@ def rl_config() -> ConfigDict:
       # median of the last 32 accepted norms, once spike_warmup are recorded; 0 disables.
       spike_factor=10.0,
       spike_warmup=8,
+      # Log where the advantage mass lands token by token (tokens/*: stop token, first token,
+      # tokens the whole group shares, quarters of the length; algorithms/token_mass.py).
+      token_mass_metrics=True,
   ))
 
 

@@ -258,6 +258,7 @@ FIELD_SPECS: dict[str, Spec] = {
     "train.max_consecutive_skips": Int(1),
     "train.spike_factor": Num(0, note="0 disables the loss-spike guard"),
     "train.spike_warmup": Int(1),
+    "train.token_mass_metrics": Bool(),
     **_optim_specs("optim"),
     # algo
     "algo.name": Str(advantages.estimator_names()),
@@ -312,7 +313,8 @@ FIELD_SPECS: dict[str, Spec] = {
 # Keys whose absence is fine: the code reading them has a default, or they are newer than
 # some configs.
 OPTIONAL_KEYS = frozenset({
-    "arms", "sampling.rollout_chunks", "algo.preset", "train.spike_factor", "train.spike_warmup",
+    "arms", "train.token_mass_metrics", "sampling.rollout_chunks", "algo.preset",
+    "train.spike_factor", "train.spike_warmup",
     "sft.max_consecutive_skips", "sft.spike_factor", "sft.spike_warmup",
     *(key for key in FIELD_SPECS if key.startswith("distributed.")),
 })

@@ -26,6 +26,7 @@ from ml_collections import config_dict
 
 from agpo_jax import checkpointing, configs, sampling
 from agpo_jax.algorithms import advantages as adv_lib
+from agpo_jax.algorithms.token_mass import token_mass_metrics
 from agpo_jax.metrics import MetricsWriter
 from agpo_jax.models.config import ModelConfig
 from agpo_jax.sharding import multihost, rules
@@ -134,7 +135,8 @@ def _step_metrics(config, graded: rollouts.GradedBatch, adv_metrics: dict, updat
   rewards, lengths = graded.rewards, graded.lengths
   generated = int(lengths.sum())
   accuracy = float(np.mean(adv_lib.is_correct(rewards, config.algo)))
-  metrics = {f"algo/{k}": float(v) for k, v in adv_metrics.items()}
+  metrics = {(k if k.startswith("tokens/") else f"algo/{k}"): float(v)
+             for k, v in adv_metrics.items()}
   metrics.update({f"verifier/{k}": float(v) for k, v in graded.verifier_stats.items()})
   metrics.update(
       reward=float(np.mean(rewards)), accuracy=accuracy,
@@ -201,6 +203,11 @@ def train_rl(config: config_dict.ConfigDict, workdir: pathlib.Path, model_cfg: M
         local = graded.local_groups
         batch = rl_step.build_batch(graded.rollout, np.asarray(advantages)[local],
                                     loss_mask[local])
+        if cfg.get("token_mass_metrics", True):  # where the advantage mass lands (this process's rows)
+          adv_metrics.update({f"tokens/{k}": v for k, v in token_mass_metrics(
+              np.asarray(graded.rollout.tokens), np.asarray(graded.rollout.lengths),
+              np.asarray(graded.rollout.truncated), np.asarray(advantages)[local].reshape(-1),
+              loss_mask[local].reshape(-1), config.sampling.num_samples).items()})
 
         # Update.
         started = time.perf_counter()

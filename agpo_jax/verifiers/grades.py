@@ -19,8 +19,9 @@ STATUSES = (CORRECT, INCORRECT, UNPARSEABLE, TIMEOUT, ERROR)
 # 'math': symbolic equivalence; 'exact': the extracted answer equals the gold string;
 # 'label': like 'exact' but ignoring case, `\text{}`, quotes and surrounding punctuation;
 # 'number': the stated (or last) number equals the gold number; 'countdown': any expression
-# over the gold expression's numbers with its value (`countdown`).
-REFERENCE_KINDS = ("math", "exact", "label", "number", "countdown")
+# over the gold expression's numbers with its value (`countdown`); 'relevance': a label of an
+# ordered label set, with optional partial credit one grade away (`relevance`).
+REFERENCE_KINDS = ("math", "exact", "label", "number", "countdown", "relevance")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,4 +1,5 @@
-r"""String references: 'exact', 'label', 'number' and 'countdown' (in `countdown`).
+r"""String references: 'exact', 'label', 'number', 'countdown' (in `countdown`) and 'relevance'
+(in `relevance`).
 
 The answer is extracted like a math answer (last `\boxed{}`, `#### x`, "the answer is x").
 For 'exact' and 'label', a completion that states none is taken whole, since a label task may
@@ -14,10 +15,11 @@ import re
 from agpo_jax.verifiers.countdown import grade_countdown
 from agpo_jax.verifiers.grades import CORRECT, INCORRECT, UNPARSEABLE, Grade
 from agpo_jax.verifiers.math_answers import extract_answer, normalize_number, unwrap_text
+from agpo_jax.verifiers.relevance import grade_relevance
 
 _SURROUNDING = " \t\n.,;:!?\"'`*$()[]"
 _LAST_NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")
-STRING_KINDS = ("exact", "label", "number", "countdown")
+STRING_KINDS = ("exact", "label", "number", "countdown", "relevance")
 
 
 def label_key(answer: str, *, ignore_case: bool) -> str:
@@ -80,6 +82,8 @@ def grade_string(completion: str, gold: str, kind: str, *, max_answer_chars: int
     return grade_number(completion, gold, max_answer_chars=max_answer_chars)
   if kind == "countdown":
     return grade_countdown(completion, gold, max_answer_chars=max_answer_chars)
+  if kind == "relevance":
+    return grade_relevance(completion, gold, max_answer_chars=max_answer_chars)
   if kind not in ("exact", "label"):
     raise ValueError(f"reference kind {kind!r} is not one of {STRING_KINDS}")
   return grade_label(completion, gold, ignore_case=kind == "label",
