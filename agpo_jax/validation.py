@@ -635,7 +635,7 @@ def _check_rules(c: _Checker) -> None:
       c.problem("arms", f"got {c.get('arms')!r}; an arm is named twice")
   written = {"multiplication": MultiplicationTask.alphabet, "countdown": CountdownTask.alphabet}
   task = c.get("task.name")
-  if task in written and c.ok("tokenizer.kind", "tokenizer.alphabet") and (
+  if c.ok("task.name", "tokenizer.kind", "tokenizer.alphabet") and task in written and (
       c.get("tokenizer.kind") == "char"):
     missing = sorted(set(written[task]) - set(c.get("tokenizer.alphabet")))
     if missing:
