@@ -62,8 +62,10 @@ def chatml_tokenizer(tmp_path_factory) -> tok_lib.HFTokenizer:
 
 
 def test_registry_names_every_task():
-  assert tasks.task_names() == ["multiplication", "countdown", "arithmetic", *MATH_TASKS]
-  assert set(tasks.TASKS) == {"multiplication", "countdown", "arithmetic", *MATH_TASKS}
+  assert tasks.task_names() == ["multiplication", "countdown", "arithmetic", "relevance",
+                                *MATH_TASKS]
+  assert set(tasks.TASKS) == {"multiplication", "countdown", "arithmetic", "relevance",
+                              *MATH_TASKS}
   assert "gsm8k_train" not in tasks.TASKS  # a training set, not a task
 
 
@@ -73,7 +75,7 @@ def test_unknown_task_name_names_the_key_and_the_choices():
   with pytest.raises(ValueError, match=r"config\.task\.name='math5000' is not one of") as error:
     make_task(cfg)
   assert isinstance(error.value, configs.ConfigError)
-  for name in ["multiplication", "countdown", "arithmetic", *MATH_TASKS]:
+  for name in ["multiplication", "countdown", "arithmetic", "relevance", *MATH_TASKS]:
     assert repr(name) in str(error.value)
   with pytest.raises(ValueError, match=r"config\.task\.name='nope'"):
     task_config("nope")

@@ -2,7 +2,8 @@
 
 Every task is reached by `config.task.name` through `TASKS`: 'multiplication' (the embedded
 testbed, `testbed`), 'countdown' (the second testbed task, a search puzzle, `countdown`),
-'arithmetic' (drawn expressions for pretrained chat models, `arithmetic`)
+'arithmetic' (drawn expressions for pretrained chat models, `arithmetic`), 'relevance'
+(query-ad relevance labels for search ads, `relevance`)
 and one math task per evaluation benchmark ('math500', 'aime24', 'aime25', 'amc23', 'minerva',
 'olympiadbench', 'gsm8k'; `math_tasks`). `task_config(name)` is a task's
 default `config.task` block and `make_task(config.task)` builds it. A task exposes
@@ -28,6 +29,7 @@ from agpo_jax.tasks.arithmetic import ArithmeticTask, arithmetic_config
 from agpo_jax.tasks.countdown import CountdownTask, countdown_config
 from agpo_jax.tasks.math_tasks import MATH_TASK_NAMES, MathTask, math_task_config
 from agpo_jax.tasks.problem import Problem, PromptIterator, encode_prompt
+from agpo_jax.tasks.relevance import RelevanceTask, relevance_config
 from agpo_jax.tasks.testbed import MultiplicationTask, testbed_config
 
 
@@ -51,6 +53,7 @@ TASKS = types.MappingProxyType({
     "multiplication": TaskEntry(MultiplicationTask, testbed_config),
     "countdown": TaskEntry(CountdownTask, countdown_config),
     "arithmetic": TaskEntry(ArithmeticTask, arithmetic_config),
+    "relevance": TaskEntry(RelevanceTask, relevance_config),
     **{name: TaskEntry(MathTask, functools.partial(math_task_config, name))
        for name in MATH_TASK_NAMES},
 })
@@ -91,6 +94,7 @@ __all__ = [
     "MultiplicationTask",
     "Problem",
     "PromptIterator",
+    "RelevanceTask",
     "Task",
     "TaskEntry",
     "arithmetic_config",
@@ -98,6 +102,7 @@ __all__ = [
     "encode_prompt",
     "make_task",
     "math_task_config",
+    "relevance_config",
     "task_config",
     "task_names",
     "testbed_config",

@@ -8,7 +8,8 @@ of distinct lower-case labels (letters, digits and spaces), best first.
 **Reference answer.** The `Reference.answer` of kind 'relevance' carries everything the grader
 needs, as three fields joined by '|':
 
-    GOLD|LABEL_1,LABEL_2,...,LABEL_K|CREDIT      e.g.  irrelevant|relevant,partially relevant,irrelevant|0.5
+    GOLD|LABEL_1,LABEL_2,...,LABEL_K|CREDIT
+    e.g. irrelevant|relevant,partially relevant,irrelevant|0.5
 
 GOLD is the gold label, the middle field the label set best to worst, CREDIT the reward of a
 label one grade away from the gold one (0: no partial credit). `encode_reference` writes it and
