@@ -19,7 +19,7 @@ from agpo_jax.models.config import ModelConfig
 
 ConfigDict = config_dict.ConfigDict
 
-MODES = ("pipeline", "sft", "rl", "evaluate", "sample")
+MODES = ("pipeline", "sft", "rl", "evaluate", "sample", "annotate", "distill")
 
 
 def model_config(preset: str = "testbed") -> ConfigDict:
@@ -100,6 +100,7 @@ def sft_config() -> ConfigDict:
       steps=1000,
       batch_size=256,
       num_microbatches=1,
+      label_smoothing=0.0,  # ε: targets (1 - ε) on the demonstration + ε uniform (train.sft)
       checkpoint_every=250,
       log_every=50,
       optim=optim,
@@ -195,6 +196,29 @@ def memory_config() -> ConfigDict:
   return ConfigDict(dict(check=True, device_gib=0.0))
 
 
+def annotate_config() -> ConfigDict:
+  """The `config.annotate` block: modes 'annotate' and 'distill' (`relevance_app`)."""
+  return ConfigDict(dict(
+      split="unlabeled",  # the pool to label
+      n=8,  # samples per pair; the label is their majority, the confidence its vote share
+      samples_per_call=8,
+      batch_prompts=64,
+      temperature=1.0,
+      top_p=1.0,
+      top_k=0,
+      max_new_tokens=0,  # 0: sampling.max_new_tokens
+      seed=0,
+      min_confidence=0.0,  # distill: train only on labels with at least this vote share
+  ))
+
+
+def student_config() -> ConfigDict:
+  """The `config.student` block: the distilled classifier (`evaluation.distill.StudentConfig`)."""
+  from agpo_jax.evaluation.distill import StudentConfig
+
+  return ConfigDict(dataclasses.asdict(StudentConfig()))
+
+
 def base_config() -> ConfigDict:
   """A complete run config with every block at its default; config files start here."""
   from agpo_jax.tasks import testbed_config  # the default task's own block
@@ -225,6 +249,8 @@ def base_config() -> ConfigDict:
   config.mesh = mesh_config()
   config.distributed = distributed_config()
   config.memory = memory_config()
+  config.annotate = annotate_config()
+  config.student = student_config()
   # mode=sample: draw completions for these prompts and report decode throughput.
   config.sample = ConfigDict(dict(prompts=("12*34=", "57*68=", "99*99="), num_samples=4))
   return config

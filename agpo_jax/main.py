@@ -24,15 +24,13 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_dict, config_flags
 
-from agpo_jax import configs, memory_plan, pretrained, sampling, validation
+from agpo_jax import configs, memory_plan, relevance_app, runs, sampling, validation
+from agpo_jax.runs import arm_dirs, pipeline_arms  # noqa: F401  (part of main's API)
 from agpo_jax.evaluation import evaluate as evaluate_lib
 from agpo_jax.evaluation import report
 from agpo_jax.evaluation.evaluate import eval_splits, evaluate
 from agpo_jax.sharding import multihost, rules
-from agpo_jax.tasks import encode_prompt, make_task
-from agpo_jax.tokenizers import load_tokenizer
-from agpo_jax.train.rl import restore_rl_params, train_rl
-from agpo_jax.train.sft import train_sft
+from agpo_jax.train.rl import train_rl
 from agpo_jax.verifiers import make_verifier
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -46,100 +44,11 @@ _DEBUG = flags.DEFINE_bool("debug", False, "On a user error (a bad config value,
 USER_ERRORS = (ValueError, FileNotFoundError, memory_plan.PlanDoesNotFit)
 
 
-def _report(text: str) -> None:
-  """What a run tells its user on standard output (process 0 only): the mesh, the memory
-  plan, samples, result tables. Diagnostics go through absl logging instead."""
-  if jax.process_index() == 0:
-    print(text, flush=True)
-
-
-def _setup(config: config_dict.ConfigDict, workdir: pathlib.Path):
-  """Tokenizer, model shapes, task and device mesh named by the config; the mesh's memory
-  plan is printed, and a run that cannot fit is refused before any work. With
-  `config.model.checkpoint` the architecture (and, unless `tokenizer.path` is set, the
-  tokenizer) come from the checkpoint."""
-  tokenizer_cfg = config.tokenizer
-  if config.model.checkpoint:
-    tokenizer_cfg = copy.deepcopy(config.tokenizer)
-    tokenizer_cfg.path = pretrained.tokenizer_dir(config.model, config.tokenizer, workdir)
-  tokenizer = load_tokenizer(tokenizer_cfg)
-  model_cfg = pretrained.model_config(config.model, tokenizer.vocab_size)
-  task = make_task(config.task)
-  mesh = rules.make_mesh(config.mesh)
-  _report(f"mesh {dict(mesh.shape)} over {jax.device_count()} {jax.devices()[0].platform} "
-          f"device(s) in {jax.process_count()} process(es)")
-  check_memory(config, mesh, tokenizer, task, model_cfg)
-  return tokenizer, model_cfg, task, mesh
-
-
-def device_memory_bytes() -> int | None:
-  """Memory of one local device as the runtime reports it (GPU / TPU), None on CPU."""
-  stats = jax.local_devices()[0].memory_stats() or {}
-  return stats.get("bytes_limit")
-
-
-def check_memory(config: config_dict.ConfigDict, mesh: jax.sharding.Mesh, tokenizer,
-                 task, model_cfg=None) -> memory_plan.MemoryPlan:
-  """Print the per-device memory plan of this run; raise `PlanDoesNotFit` (naming every
-  component) when it exceeds the device memory (`config.memory.device_gib`, else what the
-  runtime reports), unless `config.memory.check` is False."""
-  problems = [p for split in ["train", *eval_splits(config)] for p in task.split(split)]
-  prompt_len = sampling.bucket_length(max(len(encode_prompt(tokenizer, p)) for p in problems),
-                                      config.sampling.min_prompt_bucket)
-  plan = memory_plan.plan_from_config(config, dict(mesh.shape), prompt_len=prompt_len,
-                                      tokenizer_vocab_size=tokenizer.vocab_size,
-                                      model_cfg=model_cfg)
-  if config.mode in ("pipeline", "evaluate"):  # evaluation calls hold their own caches
-    dp = rules.data_parallel_size(mesh)
-    eval_rows = (-(-config.eval.batch_prompts // dp) * dp
-                 * min(config.eval.samples_per_call, config.eval.n))
-    if eval_rows > plan.sample_rows:
-      plan = plan.replan(sample_rows=eval_rows)
-  memory = config.memory
-  device_bytes = (int(memory.device_gib * 2**30) if memory.device_gib > 0
-                  else device_memory_bytes())
-  _report(plan.format(device_bytes))
-  if device_bytes and memory.check:
-    memory_plan.check_fits(plan, device_bytes)
-  return plan
-
-
-def _counts_path(config: config_dict.ConfigDict, workdir: pathlib.Path, label: str):
-  e = config.eval
-  return workdir / "eval" / f"{label}_{e.split}_n{e.n}_t{e.temperature}_p{e.top_p}_s{e.seed}.jsonl"
-
-
-def _periodic_evaluator(config, sampler, tokenizer, problems, verifier):
-  """`(params, step) -> metrics`: a small held-out pass@k check for use during RL."""
-  small = copy.deepcopy(config)
-  small.eval.n = config.train.eval_n
-  small.eval.samples_per_call = min(config.eval.samples_per_call, config.train.eval_n)
-  small.eval.max_problems = config.train.eval_problems
-
-  def evaluate_during_training(params, step):
-    _, summary = evaluate(small, params, sampler, tokenizer, problems, verifier,
-                          label=f"eval @ step {step}")
-    return {f"pass@{k}": v for k, v in summary["pass@k"].items()}
-
-  return evaluate_during_training
-
-
-def _first_split(config: config_dict.ConfigDict) -> config_dict.ConfigDict:
-  """`config` with eval.split reduced to its first split (training-time evaluations use one;
-  evaluate mode takes them all)."""
-  splits = eval_splits(config)
-  if len(splits) == 1:
-    return config
-  config = copy.deepcopy(config)
-  config.eval.split = splits[0]
-  return config
-
-
 def run_sample(config: config_dict.ConfigDict, workdir: pathlib.Path) -> dict:
   """Draw completions from the configured model and print them with decode throughput."""
-  tokenizer, model_cfg, task, mesh = _setup(config, workdir)
+  tokenizer, model_cfg, task, mesh = runs.setup(config, workdir)
   rng = jax.random.key(config.seed, impl=config.prng_impl)
-  params, _ = _initial_params(config, workdir, model_cfg, tokenizer, task, mesh)
+  params, _ = runs.initial_params(config, workdir, model_cfg, tokenizer, task, mesh)
   sampler = sampling.Sampler.from_config(config, model_cfg, tokenizer, mesh)
   texts = list(config.sample.prompts)
   padded, real = multihost.pad_to_multiple(texts, rules.data_parallel_size(mesh))
@@ -160,52 +69,25 @@ def run_sample(config: config_dict.ConfigDict, workdir: pathlib.Path) -> dict:
   for row, text in enumerate(sampling.decode_completions(tokenizer, out)):
     flag = " [truncated]" if bool(out.truncated[row]) else ""
     lines.append(f"  {texts[row // num]!r} -> {text!r}{flag}")
-  _report("\n".join(lines))
+  runs.report("\n".join(lines))
   return {"tokens_per_second": tokens / seconds, "rollout": out}
 
 
-def _start_params(config, model_cfg, mesh):
-  """The parameters a run starts from, sharded on `mesh`: the pretrained checkpoint's
-  (`config.model.checkpoint`), else a random init. Returns (params, label)."""
-  if config.model.checkpoint:
-    return pretrained.load_params(config.model, model_cfg, mesh), "pretrained"
-  rng = jax.random.key(config.seed, impl=config.prng_impl)
-  return rules.init_params_sharded(model_cfg, rng, mesh), "init"
-
-
-def _warm_start(config, workdir, model_cfg, tokenizer, task, mesh):
-  """The SFT warm start (cached in WORKDIR/sft) from the run's starting parameters; with
-  `sft.steps=0` the starting parameters themselves."""
-  if not config.sft.steps:
-    return _start_params(config, model_cfg, mesh)
-  params = _start_params(config, model_cfg, mesh)[0] if config.model.checkpoint else None
-  return train_sft(config, workdir / "sft", model_cfg, tokenizer, task.split("train"),
-                   params=params, mesh=mesh), "sft"
-
-
-def _initial_params(config, workdir, model_cfg, tokenizer, task, mesh):
-  """The warm start's params when the workdir has one (finished if it was not), else the
-  starting parameters; either way sharded on `mesh`. Returns (params, label)."""
-  if (workdir / "sft").exists() and config.sft.steps:
-    return _warm_start(config, workdir, model_cfg, tokenizer, task, mesh)
-  return _start_params(config, model_cfg, mesh)
-
-
 def run_sft(config: config_dict.ConfigDict, workdir: pathlib.Path) -> dict:
-  tokenizer, model_cfg, task, mesh = _setup(config, workdir)
-  params, _ = _warm_start(config, workdir, model_cfg, tokenizer, task, mesh)
+  tokenizer, model_cfg, task, mesh = runs.setup(config, workdir)
+  params, _ = runs.warm_start(config, workdir, model_cfg, tokenizer, task, mesh)
   return {"params": params}
 
 
 def run_rl(config: config_dict.ConfigDict, workdir: pathlib.Path) -> dict:
   """RL from the workdir's warm start if it has one, else from a random init."""
-  config = _first_split(config)
-  tokenizer, model_cfg, task, mesh = _setup(config, workdir)
-  params, _ = _initial_params(config, workdir, model_cfg, tokenizer, task, mesh)
+  config = runs.first_split(config)
+  tokenizer, model_cfg, task, mesh = runs.setup(config, workdir)
+  params, _ = runs.initial_params(config, workdir, model_cfg, tokenizer, task, mesh)
   sampler = sampling.Sampler.from_config(config, model_cfg, tokenizer, mesh)
   with make_verifier(config.verifier) as verifier:
-    periodic = _periodic_evaluator(config, sampler, tokenizer, task.split(config.eval.split),
-                                   verifier)
+    periodic = runs.periodic_evaluator(config, sampler, tokenizer,
+                                       task.split(config.eval.split), verifier)
     result = train_rl(config, workdir / "rl", model_cfg, tokenizer, task.split("train"),
                       verifier, params, periodic, mesh, sampler)
   return {"params": result.params, "interrupted": result.interrupted}
@@ -217,14 +99,8 @@ def run_evaluate(config: config_dict.ConfigDict, workdir: pathlib.Path,
   warm start or the pretrained model) on each split (benchmark) of config.eval.split: a count
   file and a JSON summary per model and split in WORKDIR/eval/, and the table of every model
   evaluated there with these settings."""
-  tokenizer, model_cfg, task, mesh = _setup(config, workdir)
-  start, label = _initial_params(config, workdir, model_cfg, tokenizer, task, mesh)
-  models = {}
-  for name, (arm, rl_dir) in arm_dirs(config, workdir, explicit_keys).items():
-    trained = restore_rl_params(arm, rl_dir, model_cfg, start, mesh)
-    if trained is not None:
-      models[f"{name}-step{trained[1]}"] = trained[0]
-  models = models or {label: start}
+  tokenizer, model_cfg, task, mesh = runs.setup(config, workdir)
+  models = runs.latest_models(config, workdir, model_cfg, tokenizer, task, mesh, explicit_keys)
   sampler = sampling.Sampler.from_config(config, model_cfg, tokenizer, mesh)
   latest: dict[str, dict] = {}
   with make_verifier(config.verifier) as verifier:
@@ -234,14 +110,14 @@ def run_evaluate(config: config_dict.ConfigDict, workdir: pathlib.Path,
         one = copy.deepcopy(config)
         one.eval.split = split
         _, latest[label][split] = evaluate(one, params, sampler, tokenizer, task.split(split),
-                                           verifier, _counts_path(one, workdir, label),
+                                           verifier, runs.counts_path(one, workdir, label),
                                            f"eval {label} on {split}")
-  _report("".join(f"\n{split} ({summary['num_problems']} problems, n = {summary['n']}):\n"
+  runs.report("".join(f"\n{split} ({summary['num_problems']} problems, n = {summary['n']}):\n"
                   + format_pass_table({label: summary})
                   for label, summaries in latest.items() for split, summary in summaries.items()))
   results = _evaluated_models(config, workdir, latest)
   table = report.benchmark_table(results)
-  _report(f"\nevery model evaluated in {workdir} with these settings:\n{table}")
+  runs.report(f"\nevery model evaluated in {workdir} with these settings:\n{table}")
   if jax.process_index() == 0:
     (workdir / "eval" / "table.md").write_text(table + "\n")
     (workdir / "eval" / "table.json").write_text(
@@ -260,7 +136,7 @@ def _evaluated_models(config, workdir: pathlib.Path, latest: dict) -> dict:
   for split in eval_splits(config):
     one = copy.deepcopy(config)
     one.eval.split = split
-    suffix = _counts_path(one, workdir, "").name  # "_{split}_n..._s....jsonl"
+    suffix = runs.counts_path(one, workdir, "").name  # "_{split}_n..._s....jsonl"
     for counts in sorted((workdir / "eval").glob(f"*{suffix}"), key=lambda p: p.stat().st_mtime):
       summary = evaluate_lib.summary_path(counts)
       label = counts.name[:-len(suffix)]
@@ -271,71 +147,35 @@ def _evaluated_models(config, workdir: pathlib.Path, latest: dict) -> dict:
   return found
 
 
-def pipeline_arms(config: config_dict.ConfigDict, explicit_keys: Sequence[str] = ()
-                  ) -> dict[str, config_dict.ConfigDict]:
-  """The RL arms of a pipeline: `{name: config}`, in `config.arms` order.
-
-  Each arm is `config` with its algorithm preset written in (other fields set on the command
-  line keep their values) and trains in WORKDIR/rl_<name>. With `config.arms` empty, or when the
-  command line names one algorithm (`algo.name` / `algo.preset`) but not the arms, the one arm
-  is `config` itself, named by `config.algo.name`, and trains in WORKDIR/rl.
-  """
-  names = [a.strip() for a in config.get("arms", "").split(",") if a.strip()]
-  explicit = set(explicit_keys)
-  if names and explicit & {"algo.name", "algo.preset"} and "arms" not in explicit:
-    logging.info("config.arms=%r not used: the command line names the algorithm to train",
-                 config.arms)
-    names = []
-  if not names:
-    return {config.algo.name: config}
-  arms = {}
-  for name in names:  # an arm's preset names its algorithm, whatever the command line says
-    arm = copy.deepcopy(config)
-    arm.algo.preset = name
-    configs.resolve_presets(arm, explicit - {"algo.name", "algo.preset"})
-    arms[name] = arm
-  return arms
-
-
-def arm_dirs(config: config_dict.ConfigDict, workdir: pathlib.Path,
-             explicit_keys: Sequence[str] = ()) -> dict[str, tuple[config_dict.ConfigDict,
-                                                                   pathlib.Path]]:
-  """`{arm: (its config, its RL directory)}`: WORKDIR/rl for the lone arm of `config.algo`,
-  WORKDIR/rl_<arm> for each arm of `config.arms`."""
-  arms = pipeline_arms(config, explicit_keys)
-  return {name: (arm, workdir / ("rl" if arm is config else f"rl_{name}"))
-          for name, arm in arms.items()}
-
-
 def run_pipeline(config: config_dict.ConfigDict, workdir: pathlib.Path,
                  explicit_keys: Sequence[str] = ()) -> dict:
   """Warm start (cached), evaluate the base, RL for each arm from that base, evaluate each
   trained model, compare (on the first split of config.eval.split): one pass@k table (base and
   every arm), each arm against the base problem by problem (lost / gained), and a pass@k plot.
   Writes WORKDIR/results.md, results.json and passk.png."""
-  config = _first_split(config)
-  arms = arm_dirs(config, workdir, explicit_keys)
-  tokenizer, model_cfg, task, mesh = _setup(config, workdir)
+  config = runs.first_split(config)
+  arms = runs.arm_dirs(config, workdir, explicit_keys)
+  tokenizer, model_cfg, task, mesh = runs.setup(config, workdir)
   started = time.perf_counter()
-  base, _ = _warm_start(config, workdir, model_cfg, tokenizer, task, mesh)
+  base, _ = runs.warm_start(config, workdir, model_cfg, tokenizer, task, mesh)
   sampler = sampling.Sampler.from_config(config, model_cfg, tokenizer, mesh)
   heldout = task.split(config.eval.split)
   summaries, records = {}, {}
   params = base
   with make_verifier(config.verifier) as verifier:
     records["base"], summaries["base"] = evaluate(
-        config, base, sampler, tokenizer, heldout, verifier, _counts_path(config, workdir, "base"),
-        "eval base")
+        config, base, sampler, tokenizer, heldout, verifier,
+        runs.counts_path(config, workdir, "base"), "eval base")
     for name, (arm, rl_dir) in arms.items() if config.train.steps else ():  # 0: no RL
-      periodic = _periodic_evaluator(arm, sampler, tokenizer, heldout, verifier)
+      periodic = runs.periodic_evaluator(arm, sampler, tokenizer, heldout, verifier)
       result = train_rl(arm, rl_dir, model_cfg, tokenizer, task.split("train"), verifier, base,
                         periodic, mesh, sampler)
       if result.interrupted:
         return {"interrupted": True}
       params, label = result.params, f"{name}-step{result.steps_done}"
       records[label], summaries[label] = evaluate(
-          arm, params, sampler, tokenizer, heldout, verifier, _counts_path(arm, workdir, label),
-          f"eval {label}")
+          arm, params, sampler, tokenizer, heldout, verifier,
+          runs.counts_path(arm, workdir, label), f"eval {label}")
   seconds = time.perf_counter() - started
   if jax.process_index() != 0:
     return {"summaries": summaries, "params": params}
@@ -349,7 +189,7 @@ def run_pipeline(config: config_dict.ConfigDict, workdir: pathlib.Path,
     text += ("\neach trained model against the base, problem by problem (points; paired "
              "bootstrap over problems; lost: solved by the base, never by the model; gained: "
              f"the reverse):\n{versus}\n")
-  _report(f"\n({seconds:.0f} s this run)\n{text}")
+  runs.report(f"\n({seconds:.0f} s this run)\n{text}")
   (workdir / "results.json").write_text(json.dumps(
       {"summaries": summaries, "versus_base": comparisons}, indent=2, default=float) + "\n")
   (workdir / "results.md").write_text(text)
@@ -377,6 +217,8 @@ MODES: dict[str, Callable[[config_dict.ConfigDict, pathlib.Path], dict]] = {
     "rl": run_rl,
     "evaluate": run_evaluate,
     "sample": run_sample,
+    "annotate": relevance_app.run_annotate,
+    "distill": relevance_app.run_distill,
 }
 
 
@@ -401,7 +243,7 @@ def run(config: config_dict.ConfigDict, workdir: str | pathlib.Path,
   workdir.mkdir(parents=True, exist_ok=True)
   if jax.process_index() == 0:
     configs.save_config(config, workdir / "config.json")
-  if mode in ("pipeline", "evaluate"):  # these read the arms, which the command line may pick
+  if mode in ("pipeline", "evaluate", "annotate"):  # these read the arms the command line picks
     return MODES[mode](config, workdir, explicit_keys)
   return MODES[mode](config, workdir)
 

@@ -42,7 +42,7 @@ from agpo_jax.algorithms import advantages, losses
 from agpo_jax.algorithms.defaults import _PRESETS
 from agpo_jax.models.config import DTYPES, PRESETS, ModelConfig
 from agpo_jax.tasks import (MATH_TASK_NAMES, ArithmeticTask, CountdownTask, MultiplicationTask,
-                            benchmarks, task_names)
+                            RelevanceTask, benchmarks, task_names)
 from agpo_jax.train.state import SCHEDULES
 from agpo_jax.verifiers.grades import REFERENCE_KINDS
 
@@ -230,6 +230,7 @@ FIELD_SPECS: dict[str, Spec] = {
     "sft.steps": Int(0, note="0: no warm start"),
     "sft.batch_size": Int(1),
     "sft.num_microbatches": Int(1),
+    "sft.label_smoothing": Num(0, 1, high_open=True, note="0: plain cross-entropy"),
     "sft.checkpoint_every": Int(1),
     "sft.log_every": Int(1),
     "sft.max_consecutive_skips": Int(1),
@@ -306,6 +307,26 @@ FIELD_SPECS: dict[str, Spec] = {
     # memory
     "memory.check": Bool(),
     "memory.device_gib": Num(0, note="0: what the runtime reports"),
+    # annotate / distill (relevance_app)
+    "annotate.split": Str(nonempty=True),
+    "annotate.n": Int(1),
+    "annotate.samples_per_call": Int(1),
+    "annotate.batch_prompts": Int(1),
+    "annotate.temperature": Num(0),
+    "annotate.top_p": Num(0, 1, low_open=True),
+    "annotate.top_k": Int(0),
+    "annotate.max_new_tokens": Int(0, note="0: sampling.max_new_tokens"),
+    "annotate.seed": Int(),
+    "annotate.min_confidence": Num(0, 1),
+    "student.num_buckets": Int(1),
+    "student.dim": Int(1),
+    "student.hidden": Int(0, note="0: linear"),
+    "student.steps": Int(1),
+    "student.batch_size": Int(1),
+    "student.learning_rate": Num(0, low_open=True),
+    "student.weight_decay": Num(0),
+    "student.class_weighting": Str(("none", "balanced")),
+    "student.seed": Int(),
     # sample
     "sample.num_samples": Int(1),
 }
@@ -313,7 +334,8 @@ FIELD_SPECS: dict[str, Spec] = {
 # Keys whose absence is fine: the code reading them has a default, or they are newer than
 # some configs.
 OPTIONAL_KEYS = frozenset({
-    "arms", "train.token_mass_metrics", "sampling.rollout_chunks", "algo.preset",
+    "arms", "train.token_mass_metrics", "sft.label_smoothing",
+    *(key for key in FIELD_SPECS if key.startswith(("annotate.", "student."))), "sampling.rollout_chunks", "algo.preset",
     "train.spike_factor", "train.spike_warmup",
     "sft.max_consecutive_skips", "sft.spike_factor", "sft.spike_warmup",
     *(key for key in FIELD_SPECS if key.startswith("distributed.")),
@@ -523,6 +545,26 @@ def _check_task(c: _Checker) -> None:
     if c.ok("task.ops") and (set(ops) - set("+-*") or len(set(ops)) < len(ops)):
       c.problem("task.ops", f"got {ops!r}; must be distinct operators from '+-*'")
     valid_splits = CountdownTask.SPLITS
+  elif name == "relevance":
+    specs = {"source": Str(nonempty=True), "label_set": Str(nonempty=True),
+             "partial_credit": Num(0, 1, high_open=True), "prompt_format": Str(("text", "chat")),
+             "answer_format": Str(("label", "reason")), "num_train": Int(0),
+             "num_heldout": Int(1), "num_unlabeled": Int(1), "class_proportions": Str(),
+             "noise_rate": Num(0, 1), "seed": Int(), "instruction": Str(none_ok=True),
+             "system_prompt": Str(none_ok=True)}
+    for field, spec in specs.items():
+      c.field(f"task.{field}", spec, optional=True)
+    source = c.get("task.source")
+    if c.ok("task.source") and source != "synthetic" and not os.path.isfile(source):
+      c.problem("task.source", f"got {source!r}; must be 'synthetic' or an existing .jsonl / "
+                ".tsv / .csv file")
+    if c.ok("verifier.kind") and c.get("verifier.kind") != "relevance":
+      c.problem("verifier.kind", f"got {c.get('verifier.kind')!r}; the relevance task needs "
+                "'relevance' (labels with partial credit)")
+    if c.get("task.prompt_format") == "chat" and c.get("tokenizer.kind") == "char":
+      c.problem("task.prompt_format", "got 'chat'; a chat prompt needs a tokenizer with a chat "
+                "template (tokenizer.kind 'hf' or 'sentencepiece'), not 'char'")
+    valid_splits = RelevanceTask.SPLITS
   elif name == "arithmetic":
     specs = {"low": Int(0), "high": Int(0), "terms": Int(2), "ops": Str(nonempty=True),
              "num_train": Int(1), "num_heldout": Int(1), "seed": Int(),
@@ -634,6 +676,8 @@ def _check_rules(c: _Checker) -> None:
     elif len(set(arms)) < len(arms):
       c.problem("arms", f"got {c.get('arms')!r}; an arm is named twice")
   written = {"multiplication": MultiplicationTask.alphabet, "countdown": CountdownTask.alphabet}
+  if c.get("task.prompt_format") == "text":
+    written["relevance"] = RelevanceTask.alphabet
   task = c.get("task.name")
   if c.ok("task.name", "tokenizer.kind", "tokenizer.alphabet") and task in written and (
       c.get("tokenizer.kind") == "char"):

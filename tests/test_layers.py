@@ -35,7 +35,8 @@ LAYERS = (
     ("agpo_jax.memory_plan",),
     ("agpo_jax.train",),
     ("agpo_jax.evaluation",),
-    ("agpo_jax.defaults", "agpo_jax.validation", "agpo_jax.main"),
+    ("agpo_jax.defaults", "agpo_jax.validation", "agpo_jax.runs", "agpo_jax.relevance_app",
+     "agpo_jax.main"),
 )
 
 

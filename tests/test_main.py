@@ -52,7 +52,7 @@ def test_cli_refuses_a_bad_value_in_one_line_before_any_work(tmp_path):
   assert result.returncode == 2
   assert result.stderr.splitlines() == [
       "error: config.mode: got 'trian'; must be one of "
-      "('pipeline', 'sft', 'rl', 'evaluate', 'sample')"]
+      "('pipeline', 'sft', 'rl', 'evaluate', 'sample', 'annotate', 'distill')"]
   assert not workdir.exists()
 
 

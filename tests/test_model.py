@@ -57,6 +57,8 @@ def numpy_forward(cfg, params, tokens):
   x = p["embed"][tokens]
   t = len(tokens)
   pos = np.arange(t)
+  if cfg.position == "learned":
+    x = x + p["pos_embed"][pos]
   for i in range(cfg.num_layers):
     lp = p[f"layer_{i}"]
     a = lp["attn"]
@@ -69,7 +71,8 @@ def numpy_forward(cfg, params, tokens):
     if cfg.qk_norm:
       q = _np_rmsnorm(q, a["q_norm"]["scale"], cfg.rms_eps)
       k = _np_rmsnorm(k, a["k_norm"]["scale"], cfg.rms_eps)
-    q, k = _np_rope(q, pos, cfg), _np_rope(k, pos, cfg)
+    if cfg.position == "rope":
+      q, k = _np_rope(q, pos, cfg), _np_rope(k, pos, cfg)
     group = cfg.num_heads // cfg.num_kv_heads
     out = np.zeros_like(q)
     for head in range(cfg.num_heads):
@@ -102,6 +105,7 @@ VARIANTS = {
     "llama31_rope_scaling": dict(rope_scaling_factor=8.0, rope_original_max_len=16,
                                  rope_theta=500.0),
     "mha": dict(num_kv_heads=4),
+    "learned_positions": dict(position="learned"),
 }
 
 
@@ -153,15 +157,18 @@ def test_remat_gives_same_loss_and_gradients():
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("scan_layers,remat", [(True, False), (False, True)],
-                         ids=["scanned", "unrolled-remat"])
-def test_kv_cache_decoding_matches_full_forward_on_padded_batch(scan_layers, remat):
+@pytest.mark.parametrize("scan_layers,remat,position", [(True, False, "rope"),
+                                                       (False, True, "rope"),
+                                                       (True, False, "learned")],
+                         ids=["scanned", "unrolled-remat", "learned-positions"])
+def test_kv_cache_decoding_matches_full_forward_on_padded_batch(scan_layers, remat, position):
   """Prefill a left-padded batch, decode token by token, compare with uncached logits.
 
   Both layer loops (each carries the stacked cache and writes its layer's slot in place).
   Tolerance: 1e-5 absolute on float32 logits (only summation order differs).
   """
-  cfg = dataclasses.replace(SMALL, qkv_bias=True, scan_layers=scan_layers, remat=remat)
+  cfg = dataclasses.replace(SMALL, qkv_bias=True, scan_layers=scan_layers, remat=remat,
+                            position=position)
   params = _randomise(T.init_params(cfg, KEY))
   rng = np.random.default_rng(0)
   prompts = [list(rng.integers(1, 32, n)) for n in (3, 7, 5)]
@@ -241,3 +248,23 @@ def test_model_config_overrides_and_errors():
   bad.num_kv_heads = 3
   with pytest.raises(ValueError, match="num_kv_heads"):
     resolve_model_config(bad)
+
+
+def test_learned_positions_are_in_the_checkpoint_signature_and_not_exportable():
+  from agpo_jax.models import hf  # noqa: PLC0415
+
+  learned = dataclasses.replace(SMALL, position="learned")
+  assert T.init_params(learned, KEY)["pos_embed"].shape == (64, 32)
+  assert learned.num_params == SMALL.num_params + 64 * 32 == sum(
+      x.size for x in jax.tree.leaves(T.init_params(learned, KEY)))
+  # The table's rows are max_seq_len: part of the signature for learned positions only.
+  assert learned.checkpoint_signature() != dataclasses.replace(
+      learned, max_seq_len=128).checkpoint_signature()
+  assert SMALL.checkpoint_signature() == dataclasses.replace(
+      SMALL, max_seq_len=128).checkpoint_signature()
+  assert "position" not in SMALL.checkpoint_signature()  # rope checkpoints of old still match
+  assert learned.checkpoint_signature()["position"] == "learned"
+  with pytest.raises(ValueError, match="model.position='learned' has no Hugging Face family"):
+    hf.hf_model_type(learned)
+  with pytest.raises(ValueError, match="model.position='absolute'"):
+    dataclasses.replace(SMALL, position="absolute")

@@ -283,3 +283,30 @@ def test_rollout_chunks_give_the_rollout_of_one_call():
                                np.asarray(getattr(two, name), np.float32), atol=1e-6)
   np.testing.assert_array_equal(rewards_one, rewards_two)
   assert one.tokens.shape == (12, cfg.sampling.max_new_tokens)
+
+
+@pytest.mark.parametrize("epsilon", [0.0, 0.2])
+def test_sft_loss_with_label_smoothing_matches_a_numpy_cross_entropy(epsilon):
+  """Targets (1 - ε) on the demonstrated token + ε uniform, on the answer tokens only."""
+  from agpo_jax.train.sft import SFTBatch, sft_loss  # noqa: PLC0415
+
+  params = transformer.init_params(CFG, jax.random.key(3, impl="rbg"))
+  rng = np.random.default_rng(0)
+  tokens = rng.integers(3, 16, (2, 6)).astype(np.int32)
+  input_mask = np.ones((2, 6), bool)
+  target_mask = np.zeros((2, 6), bool)
+  target_mask[:, 3:] = True  # the last three tokens are the answer
+  positions = np.broadcast_to(np.arange(6), (2, 6))
+  total, count = sft_loss(CFG, params, SFTBatch(tokens, input_mask, positions, target_mask),
+                          label_smoothing=epsilon)
+  logits, _ = transformer.forward(CFG, params, tokens, positions, input_mask)
+  logits = np.asarray(logits, np.float64)
+  logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  expected = 0.0
+  for row in range(2):
+    for t in range(3, 6):  # token t is predicted from position t - 1
+      target = np.full(16, epsilon / 16)
+      target[tokens[row, t]] += 1 - epsilon
+      expected -= float(target @ logp[row, t - 1])
+  assert int(count) == 6
+  np.testing.assert_allclose(float(total), expected, rtol=1e-5)

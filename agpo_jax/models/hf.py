@@ -225,6 +225,9 @@ def model_config_from_hf(config: Mapping[str, Any], *, source: str = CONFIG_FILE
 
 def hf_model_type(cfg: ModelConfig) -> str:
   """The HF family that expresses `cfg`: qwen3 if QK-norm, qwen2 if QKV bias, else llama."""
+  if cfg.position != "rope":
+    raise ValueError(f"model.position={cfg.position!r} has no Hugging Face family (Qwen and "
+                     "Llama use rotary positions)")
   if cfg.qk_norm and cfg.qkv_bias:
     raise ValueError("model.qk_norm with model.qkv_bias has no Hugging Face family (Qwen3's "
                      "attention_bias also puts a bias on o_proj)")

@@ -168,9 +168,10 @@ class Attention(nn.Module):
     if cfg.qk_norm:
       q = RMSNorm(cfg.rms_eps, cfg.param_dtype, "head_dim", name="q_norm")(q)
       k = RMSNorm(cfg.rms_eps, cfg.param_dtype, "head_dim", name="k_norm")(k)
-    inv_freq = rope_frequencies(cfg)
-    q = apply_rope(q, positions, inv_freq)
-    k = apply_rope(k, positions, inv_freq)
+    if cfg.position == "rope":  # 'learned' positions were added to the embedding instead
+      inv_freq = rope_frequencies(cfg)
+      q = apply_rope(q, positions, inv_freq)
+      k = apply_rope(k, positions, inv_freq)
     k = k.transpose(0, 2, 1, 3)  # [B, KV, T, hd]: the cache layout
     v = v.transpose(0, 2, 1, 3)
 
@@ -268,6 +269,10 @@ class Transformer(nn.Module):
     embed = _param(self, "embed", (cfg.vocab_size, cfg.d_model), ("vocab", "embed"),
                    nn.initializers.normal(stddev=embed_std), cfg.param_dtype)
     x = jnp.take(embed, tokens, axis=0).astype(dtype)
+    if cfg.position == "learned":  # absolute positions (left-padding aware); no RoPE then
+      table = _param(self, "pos_embed", (cfg.max_seq_len, cfg.d_model), ("seq", "embed"),
+                     nn.initializers.normal(stddev=embed_std), cfg.param_dtype)
+      x = x + jnp.take(table, positions, axis=0).astype(dtype)
 
     t = tokens.shape[1]
     if cache is None:

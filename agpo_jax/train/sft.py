@@ -45,21 +45,32 @@ class SFTBatch(struct.PyTreeNode):
   target_mask: Array
 
 
-def sft_loss(model_cfg: ModelConfig, params: Any, batch: SFTBatch, rows_sharding: Any = None):
-  """Summed negative log-likelihood of the target tokens and their count."""
+def sft_loss(model_cfg: ModelConfig, params: Any, batch: SFTBatch, rows_sharding: Any = None,
+             label_smoothing: float = 0.0):
+  """Summed cross-entropy of the target tokens and their count.
+
+  With `label_smoothing` = ε the target of each token is (1 - ε) on the demonstrated token plus
+  ε spread uniformly over the vocabulary: the warm-started model keeps probability on other
+  tokens, as a pretrained model does on a task it was not tuned for (its most likely answer
+  better than a sample), which is the regime RL sharpens.
+  """
   logits, _ = transformer.forward(model_cfg, params, batch.tokens, batch.positions,
                                   batch.input_mask, rows_sharding=rows_sharding)
   logp = losses.token_logprobs(logits[:, :-1], batch.tokens[:, 1:])
+  if label_smoothing:
+    uniform = jnp.mean(jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32)), axis=-1)
+    logp = (1.0 - label_smoothing) * logp + label_smoothing * uniform
   mask = batch.target_mask[:, 1:]
   return -jnp.sum(jnp.where(mask, logp, 0.0)), jnp.sum(mask, dtype=jnp.float32)
 
 
 def make_sft_step(model_cfg: ModelConfig, num_microbatches: int = 1,
-                  shardings: StepShardings | None = None):
+                  shardings: StepShardings | None = None, label_smoothing: float = 0.0):
   """The jitted SFT step `(state, batch) -> (state, metrics)`."""
 
   def loss_fn(params, batch):
-    nll_sum, count = sft_loss(model_cfg, params, batch, state_lib.rows_sharding(shardings))
+    nll_sum, count = sft_loss(model_cfg, params, batch, state_lib.rows_sharding(shardings),
+                              label_smoothing)
     return nll_sum, (count, {})
 
   def step(state: state_lib.TrainState, batch: SFTBatch):
@@ -123,7 +134,8 @@ def train_sft(config: config_dict.ConfigDict, workdir: pathlib.Path, model_cfg: 
     start = int(state.step)
     if start >= cfg.steps:
       return state.params
-    update = make_sft_step(model_cfg, cfg.num_microbatches, shardings)
+    update = make_sft_step(model_cfg, cfg.num_microbatches, shardings,
+                           cfg.get("label_smoothing", 0.0))
     mine = slice(None) if mesh is None else multihost.process_rows(cfg.batch_size, mesh)
     skips = SkipWatch(ckpt, cfg.max_consecutive_skips, "sft")
     skipped_before = int(state.skipped)

@@ -1,0 +1,39 @@
+"""The relevance application at the embedded scale: an annotator for query-ad relevance.
+
+    python -m agpo_jax.main --config=configs/relevance.py --workdir=runs/rel
+    python -m agpo_jax.main --config=configs/relevance.py --workdir=runs/rel --config.mode=annotate
+    python -m agpo_jax.main --config=configs/relevance.py --workdir=runs/rel --config.mode=distill
+
+1. `pipeline` trains annotators: a warm start on gold-labelled synthetic pairs (the testbed
+   decoder with a character tokenizer), then GRPO and AGPO from it against the gold labels
+   (reward 1 for the gold label; `task.partial_credit` one grade away), and evaluates each on
+   the held-out pairs.
+2. `annotate` labels the unlabeled pool with each annotator (majority of `annotate.n` samples)
+   and scores the labels against the pool's hidden gold: accuracy, macro-F1, per-class F1.
+3. `distill` trains a hashed n-gram student on each annotator's labels (and on gold) and scores
+   it on the held-out gold pairs.
+
+The pairs (`agpo_jax.tasks.relevance`): 60% irrelevant, 25% partially relevant, 15% relevant;
+`--config.task.label_set=esci` for exact / substitute / complement / irrelevant.
+"""
+
+import pathlib
+
+from agpo_jax import configs
+from agpo_jax.tasks import RelevanceTask, relevance_config
+
+
+def get_config():
+  config = configs.load_config_file(str(pathlib.Path(__file__).with_name("default.py")))
+  config.task = relevance_config()
+  config.tokenizer.alphabet = RelevanceTask.alphabet
+  config.model.max_seq_len = 160  # prompts up to about 115 characters, answers up to 19
+  config.verifier.kind = "relevance"
+  config.sampling.max_new_tokens = 20  # 'partially relevant' and the end of sequence
+  config.sft.steps = 400
+  config.sft.batch_size = 64
+  config.train.steps = 60
+  config.train.batch_prompts = 32
+  config.eval.n = 16
+  config.eval.batch_prompts = 64
+  return config
