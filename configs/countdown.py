@@ -22,4 +22,7 @@ def get_config():
   config.tokenizer.alphabet = CountdownTask.alphabet
   config.verifier.kind = "countdown"
   config.sampling.max_new_tokens = 8  # 4 digits, 3 operators, end of sequence
+  # Less smoothing than multiplication's 0.1: at 0.1 held-out pass@1 is 13.5% (maj@64 38.2),
+  # at 0.05 20.1% (maj@64 38.0), at 0 28.6% (maj@64 37.3) (experiments/README.md).
+  config.sft.label_smoothing = 0.05
   return config

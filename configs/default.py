@@ -28,6 +28,13 @@ def get_config():
   config.model.preset = "testbed"
   config.verifier.kind = "exact"
 
+  # Warm start: 1,300 steps with label smoothing 0.1 (targets 0.9 on the demonstration, 0.1
+  # spread over the vocabulary), so that the base is in the regime RL works in on real models:
+  # its most likely answer is far better than a sample (held-out pass@1 33.9%, maj@64 67.8% at
+  # temperature 1), and GRPO raises held-out pass@1 (experiments/README.md).
+  config.sft.steps = 1300
+  config.sft.label_smoothing = 0.1
+
   # RL: 64 prompts x 8 samples per step at temperature 1, one AdamW update per batch.
   config.sampling.num_samples = 8
   config.sampling.temperature = 1.0
