@@ -177,12 +177,19 @@ def arm_dirs(config: config_dict.ConfigDict, workdir: pathlib.Path,
 
 def latest_models(config: config_dict.ConfigDict, workdir: pathlib.Path, model_cfg, tokenizer,
                   task, mesh, explicit_keys: Sequence[str] = ()) -> dict:
-  """`{label: params}`: each arm's newest RL checkpoint in the workdir (`<arm>-step<N>`), or,
+  """`{label: params}`: each arm's newest RL checkpoint in the workdir (`<arm>-step<N>`; also
+  WORKDIR/rl, where mode 'rl' trains `config.algo`, as `<algo.name>-step<N>`), or,
   when there is none, the warm start ('sft') or the starting parameters ('pretrained' /
   'init')."""
   start, label = initial_params(config, workdir, model_cfg, tokenizer, task, mesh)
+  dirs = {name: (arm, d) for name, (arm, d) in arm_dirs(config, workdir, explicit_keys).items()
+          if d.exists()}
+  lone = workdir / "rl"  # where mode 'rl' trains config.algo
+  if lone.exists() and all(d != lone for _, d in dirs.values()):
+    name = config.algo.name
+    dirs[name if name not in dirs else f"{name}[rl]"] = (config, lone)
   models = {}
-  for name, (arm, rl_dir) in arm_dirs(config, workdir, explicit_keys).items():
+  for name, (arm, rl_dir) in dirs.items():
     trained = restore_rl_params(arm, rl_dir, model_cfg, start, mesh)
     if trained is not None:
       models[f"{name}-step{trained[1]}"] = trained[0]

@@ -181,7 +181,7 @@ def test_pipeline_end_to_end_in_process(tmp_path):
   cfg.sft.batch_size = 16
   cfg.train.steps = 2
   cfg.train.batch_prompts = 4
-  cfg.train.eval_every = 1
+  cfg.train.eval_every = 2
   cfg.train.eval_problems = 3
   cfg.train.eval_n = 2
   cfg.sampling.num_samples = 2
@@ -201,10 +201,9 @@ def test_pipeline_end_to_end_in_process(tmp_path):
                    .splitlines()] for arm in ("grpo", "agpo")}
   for lines in metrics.values():
     assert [l["step"] for l in lines] == [1, 2]
-    assert all("eval/pass@2" in l for l in lines)
+    assert "eval/pass@2" in lines[1] and "eval/pass@2" not in lines[0]
   # Both arms start from the same base with the same seed: the first rollout is the same.
   assert metrics["grpo"][0]["reward"] == metrics["agpo"][0]["reward"]
-  assert metrics["grpo"][0]["eval/pass@2"] == metrics["agpo"][0]["eval/pass@2"]
   # Each arm got its preset: GRPO's loss is a sequence mean, AGPO's a token mean.
   arms = main.pipeline_arms(cfg)
   assert arms["grpo"].algo.name == "grpo" and arms["grpo"].loss.aggregation == "seq_mean_token_mean"

@@ -285,9 +285,9 @@ def test_rollout_chunks_give_the_rollout_of_one_call():
   assert one.tokens.shape == (12, cfg.sampling.max_new_tokens)
 
 
-@pytest.mark.parametrize("epsilon", [0.0, 0.2])
-def test_sft_loss_with_label_smoothing_matches_a_numpy_cross_entropy(epsilon):
+def test_sft_loss_with_label_smoothing_matches_a_numpy_cross_entropy():
   """Targets (1 - ε) on the demonstrated token + ε uniform, on the answer tokens only."""
+  epsilon = 0.2
   from agpo_jax.train.sft import SFTBatch, sft_loss  # noqa: PLC0415
 
   params = transformer.init_params(CFG, jax.random.key(3, impl="rbg"))
