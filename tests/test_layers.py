@@ -26,7 +26,7 @@ import pytest
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "agpo_jax"
 
 LAYERS = (
-    ("agpo_jax.configs", "agpo_jax.chat_template", "agpo_jax.algorithms", "agpo_jax.verifiers",
+    ("agpo_jax.configs", "agpo_jax.config_specs", "agpo_jax.chat_template", "agpo_jax.algorithms", "agpo_jax.verifiers",
      "agpo_jax.checkpointing", "agpo_jax.checkpoint_digests", "agpo_jax.metrics",
      "agpo_jax.tokenizers"),
     ("agpo_jax.models",),
