@@ -158,7 +158,10 @@ def _truncate(path):
 
 FAULTS = {
     # (what is done to step 2, what the warning names)
-    "flipped_bytes": (lambda d: _flip_16_bytes(_data_files(d)[0]), "checksum mismatch"),
+    # Flipped bytes are caught by the digest, or by the reader first when they land in a
+    # compressed block's framing (where they fall depends on how OCDBT laid the file out).
+    "flipped_bytes": (lambda d: _flip_16_bytes(_data_files(d)[0]),
+                      ("checksum mismatch", "reading arrays")),
     "truncated_file": (lambda d: _truncate(_data_files(d)[0]), "reading arrays"),
     "missing_file": (lambda d: _data_files(d)[0].unlink(), "reading arrays"),
     "garbage_meta": (lambda d: (d / "meta" / "metadata").write_text("{garbage"),
@@ -188,7 +191,8 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, capl
   assert (tmp_path / "2.corrupt").is_dir()
   warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
   failed = next(w for w in warnings if "checkpoint step 2 in" in w and "is corrupt" in w)
-  assert named in failed and str(tmp_path / "2") in failed
+  named = (named,) if isinstance(named, str) else named
+  assert any(n in failed for n in named) and str(tmp_path / "2") in failed
   assert any("restored checkpoint step 1" in w and "[2]" in w for w in warnings)
 
 
