@@ -100,7 +100,9 @@ def run_evaluate(config: config_dict.ConfigDict, workdir: pathlib.Path,
   file and a JSON summary per model and split in WORKDIR/eval/, and the table of every model
   evaluated there with these settings."""
   tokenizer, model_cfg, task, mesh = runs.setup(config, workdir)
-  models = runs.latest_models(config, workdir, model_cfg, tokenizer, task, mesh, explicit_keys)
+  start, label = runs.initial_params(config, workdir, model_cfg, tokenizer, task, mesh)
+  models = (runs.trained_models(config, workdir, model_cfg, start, mesh, explicit_keys)
+            or {label: start})
   sampler = sampling.Sampler.from_config(config, model_cfg, tokenizer, mesh)
   latest: dict[str, dict] = {}
   with make_verifier(config.verifier) as verifier:

@@ -67,8 +67,7 @@ def run_annotate(config: config_dict.ConfigDict, workdir: pathlib.Path,
   cfg = config.annotate
   start, start_label = runs.initial_params(config, workdir, model_cfg, tokenizer, task, mesh)
   models = {start_label: start}
-  models.update(runs.latest_models(config, workdir, model_cfg, tokenizer, task, mesh,
-                                   explicit_keys))
+  models.update(runs.trained_models(config, workdir, model_cfg, start, mesh, explicit_keys))
   sampler = sampling.Sampler.from_config(config, model_cfg, tokenizer, mesh)
   params_s = eval_sampling_params(sampler.sampling, cfg)
   pool = task.split(cfg.split)
@@ -105,12 +104,12 @@ def run_distill(config: config_dict.ConfigDict, workdir: pathlib.Path) -> dict:
   if all(p.label is not None for p in pool):  # the ceiling: the pool's own gold labels
     sources["gold labels"] = [{"id": p.id, "label": p.label, "confidence": 1.0} for p in pool]
   reports, counts, unusable = {}, {}, []
-  for name, annotations in sources.items():
+  for name, records in sources.items():
     if not any(r.get("label") is not None and r.get("confidence", 1.0) >=
-               config.annotate.min_confidence for r in annotations):
+               config.annotate.min_confidence for r in records):
       unusable.append(name)  # e.g. an annotator that never wrote a label
       continue
-    result = distill_lib.distill(annotations, pool, heldout, task.labels, student_cfg,
+    result = distill_lib.distill(records, pool, heldout, task.labels, student_cfg,
                                  config.annotate.min_confidence)
     reports[name], counts[name] = result["report"], result["num_train"]
   if not reports:

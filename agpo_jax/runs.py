@@ -175,13 +175,11 @@ def arm_dirs(config: config_dict.ConfigDict, workdir: pathlib.Path,
           for name, arm in arms.items()}
 
 
-def latest_models(config: config_dict.ConfigDict, workdir: pathlib.Path, model_cfg, tokenizer,
-                  task, mesh, explicit_keys: Sequence[str] = ()) -> dict:
-  """`{label: params}`: each arm's newest RL checkpoint in the workdir (`<arm>-step<N>`; also
-  WORKDIR/rl, where mode 'rl' trains `config.algo`, as `<algo.name>-step<N>`), or,
-  when there is none, the warm start ('sft') or the starting parameters ('pretrained' /
-  'init')."""
-  start, label = initial_params(config, workdir, model_cfg, tokenizer, task, mesh)
+def trained_models(config: config_dict.ConfigDict, workdir: pathlib.Path, model_cfg,
+                   start, mesh, explicit_keys: Sequence[str] = ()) -> dict:
+  """`{<arm>-step<N>: params}`: each arm's newest RL checkpoint in the workdir (also WORKDIR/rl,
+  where mode 'rl' trains `config.algo`, as `<algo.name>-step<N>`), restored into the shape and
+  shardings of `start` (the run's starting parameters); empty when there is none."""
   dirs = {name: (arm, d) for name, (arm, d) in arm_dirs(config, workdir, explicit_keys).items()
           if d.exists()}
   lone = workdir / "rl"  # where mode 'rl' trains config.algo
@@ -193,4 +191,4 @@ def latest_models(config: config_dict.ConfigDict, workdir: pathlib.Path, model_c
     trained = restore_rl_params(arm, rl_dir, model_cfg, start, mesh)
     if trained is not None:
       models[f"{name}-step{trained[1]}"] = trained[0]
-  return models or {label: start}
+  return models

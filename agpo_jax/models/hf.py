@@ -51,9 +51,7 @@ from safetensors.numpy import save_file
 from agpo_jax.models import transformer
 from agpo_jax.models.config import DTYPES, ModelConfig
 from agpo_jax.models.hf_config import (  # noqa: F401  (part of this module's API)
-    ARCHITECTURES,
     CONFIG_FILE,
-    MODEL_TYPES,
     check_compatible,
     hf_config_from_model_config,
     hf_model_type,
