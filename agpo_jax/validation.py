@@ -148,6 +148,7 @@ FIELD_SPECS: dict[str, Spec] = {
     "algo.agpo.r_neg": Num(high=0, note="a push-down of incorrect completions"),
     "algo.agpo.lambda_pos": Num(0),
     "algo.agpo.max_pos": Num(0, low_open=True),
+    "algo.agpo.mask_shared_tokens": Bool(),
     "algo.w_reinforce.lambda_pos": Num(0),
     "algo.a_grae.alpha": Num(0, low_open=True),
     # loss
@@ -211,7 +212,7 @@ FIELD_SPECS: dict[str, Spec] = {
 # Keys whose absence is fine: the code reading them has a default, or they are newer than
 # some configs.
 OPTIONAL_KEYS = frozenset({
-    "arms", "train.token_mass_metrics", "sft.label_smoothing",
+    "arms", "train.token_mass_metrics", "algo.agpo.mask_shared_tokens", "sft.label_smoothing",
     *(key for key in FIELD_SPECS if key.startswith(("annotate.", "student."))), "sampling.rollout_chunks", "algo.preset",
     "train.spike_factor", "train.spike_warmup",
     "sft.max_consecutive_skips", "sft.spike_factor", "sft.spike_warmup",

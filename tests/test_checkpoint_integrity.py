@@ -166,11 +166,11 @@ def test_nan_loss_run_stops_naming_the_last_good_checkpoint_and_keeps_it(tmp_pat
   tokenizer, model_cfg, _ = _setup(cfg)
   # From step 3 on, the batch's advantages are NaN: so is the loss.
   build_batch, calls = rl_step.build_batch, []
-  def nan_from_step_3(rollout, advantages, loss_mask):
+  def nan_from_step_3(rollout, advantages, loss_mask, token_mask=None):
     calls.append(1)
     if len(calls) >= 3:
       advantages = np.full_like(advantages, np.nan)
-    return build_batch(rollout, advantages, loss_mask)
+    return build_batch(rollout, advantages, loss_mask, token_mask)
   monkeypatch.setattr(rl_step, "build_batch", nan_from_step_3)
   with pytest.raises(FloatingPointError) as info:
     _rl(cfg, tmp_path)

@@ -39,6 +39,10 @@ def algo_config() -> ml_collections.ConfigDict:
         # weighted_rarity only: cap on sqrt((1 − p)/p); binds only for p < 1/101,
         # i.e. groups larger than 100 with a single correct answer.
         max_pos=10.0,
+        # Drop from the loss every generated token that all completions of its group share at
+        # that position (token_mass.group_shared_tokens): the negative-dominant push then only
+        # lands where the group's completions differ. False = the reference loss.
+        mask_shared_tokens=False,
       ),
       w_reinforce=dict(lambda_pos=0.1),  # λ: weight of correct completions.
       a_grae=dict(alpha=1.0),  # α in min(1, P̄/α), the positive-advantage ramp.

@@ -15,9 +15,30 @@ from __future__ import annotations
 import numpy as np
 
 
+def group_shared_tokens(tokens: np.ndarray, lengths: np.ndarray, group_size: int) -> np.ndarray:
+  """`[N, T]` True at a generated token that every completion of its group long enough to have
+  position t has equal at t, when at least two do (groups of `group_size` consecutive rows).
+
+  A push on such a token moves every completion of the group that reaches it alike: it carries
+  no information on which completions were right.
+  """
+  tokens = np.asarray(tokens)
+  n, t = tokens.shape
+  if n % group_size:
+    raise ValueError(f"{n} rows are not groups of {group_size}")
+  live = np.arange(t)[None, :] < np.asarray(lengths)[:, None]
+  groups = tokens.reshape(-1, group_size, t)
+  group_live = live.reshape(-1, group_size, t)
+  # All live tokens at a position are equal iff each equals their maximum (tokens are >= 0).
+  top = np.where(group_live, groups, -1).max(axis=1, keepdims=True)
+  same = np.all((groups == top) | ~group_live, axis=1)  # [N/G, T]
+  shared = (same & (group_live.sum(axis=1) >= 2))[:, None, :] & group_live
+  return shared.reshape(n, t)
+
+
 def token_mass_metrics(tokens: np.ndarray, lengths: np.ndarray, truncated: np.ndarray,
-                       advantages: np.ndarray, loss_mask: np.ndarray, group_size: int
-                       ) -> dict[str, float]:
+                       advantages: np.ndarray, loss_mask: np.ndarray, group_size: int,
+                       token_mask: np.ndarray | None = None) -> dict[str, float]:
   """Token-level advantage mass of one batch.
 
   Args:
@@ -27,6 +48,8 @@ def token_mass_metrics(tokens: np.ndarray, lengths: np.ndarray, truncated: np.nd
     advantages: `[N]` each completion's advantage.
     loss_mask: `[N]` completions that enter the loss.
     group_size: G.
+    token_mask: optional `[N, T]` tokens that enter the loss (e.g. AGPO's
+      `mask_shared_tokens` drops shared ones); None: every generated token.
 
   Returns:
     `neg_mass` / `pos_mass` (Σ over tokens of max(∓A, 0)); for each side `s` in (neg, pos) the
@@ -36,20 +59,16 @@ def token_mass_metrics(tokens: np.ndarray, lengths: np.ndarray, truncated: np.nd
     the completion's own length, by token position). Fractions are 0 when a side has no mass.
   """
   tokens = np.asarray(tokens)
-  n, t = tokens.shape
-  if n % group_size:
-    raise ValueError(f"{n} rows are not groups of {group_size}")
+  t = tokens.shape[1]
   lengths = np.asarray(lengths)
   position = np.arange(t)[None, :]
   live = position < lengths[:, None]  # [N, T] generated tokens
+  if token_mask is not None:
+    live = live & np.asarray(token_mask)
   weight = np.where(np.asarray(loss_mask), np.asarray(advantages, np.float64), 0.0)
   eos = live & (position == lengths[:, None] - 1) & ~np.asarray(truncated)[:, None]
   first = live & (position == 0)
-  groups = tokens.reshape(-1, group_size, t)
-  group_live = live.reshape(-1, group_size, t)
-  same = np.all((groups == groups[:, :1]) | ~group_live, axis=1)  # [N/G, T]
-  shared = (same & (group_live.sum(axis=1) >= 2))[:, None, :] & group_live
-  shared = shared.reshape(n, t)
+  shared = group_shared_tokens(tokens, lengths, group_size)
   quarter = np.minimum(4 * position // np.maximum(lengths[:, None], 1), 3)
   out = {}
   for side, mass_per_row in (("neg", np.maximum(-weight, 0.0)),

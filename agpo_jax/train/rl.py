@@ -26,7 +26,7 @@ from ml_collections import config_dict
 
 from agpo_jax import checkpointing, configs, sampling
 from agpo_jax.algorithms import advantages as adv_lib
-from agpo_jax.algorithms.token_mass import token_mass_metrics
+from agpo_jax.algorithms.token_mass import group_shared_tokens, token_mass_metrics
 from agpo_jax.metrics import MetricsWriter
 from agpo_jax.models.config import ModelConfig
 from agpo_jax.sharding import multihost, rules
@@ -200,14 +200,19 @@ def train_rl(config: config_dict.ConfigDict, workdir: pathlib.Path, model_cfg: M
         adv_metrics = adv_lib.advantage_metrics(graded.shaped, advantages, loss_mask,
                                                 config.algo, graded.valid)
         loss_mask = np.asarray(loss_mask) & graded.keep
-        local = graded.local_groups
-        batch = rl_step.build_batch(graded.rollout, np.asarray(advantages)[local],
-                                    loss_mask[local])
+        local, rollout = graded.local_groups, graded.rollout
+        token_mask = None
+        if config.algo.name == "agpo" and config.algo.agpo.get("mask_shared_tokens", False):
+          token_mask = ~group_shared_tokens(np.asarray(rollout.tokens),
+                                            np.asarray(rollout.lengths),
+                                            config.sampling.num_samples)
+        batch = rl_step.build_batch(rollout, np.asarray(advantages)[local], loss_mask[local],
+                                    token_mask)
         if cfg.get("token_mass_metrics", True):  # where the advantage mass lands (this process's rows)
           adv_metrics.update({f"tokens/{k}": v for k, v in token_mass_metrics(
-              np.asarray(graded.rollout.tokens), np.asarray(graded.rollout.lengths),
-              np.asarray(graded.rollout.truncated), np.asarray(advantages)[local].reshape(-1),
-              loss_mask[local].reshape(-1), config.sampling.num_samples).items()})
+              np.asarray(rollout.tokens), np.asarray(rollout.lengths),
+              np.asarray(rollout.truncated), np.asarray(advantages)[local].reshape(-1),
+              loss_mask[local].reshape(-1), config.sampling.num_samples, token_mask).items()})
 
         # Update.
         started = time.perf_counter()

@@ -52,16 +52,23 @@ class RLBatch(struct.PyTreeNode):
   ref_logp: Array | None = None
 
 
-def build_batch(rollout: sampling.Rollout, advantages: np.ndarray, loss_mask: np.ndarray
-                ) -> RLBatch:
-  """Prompt + completion rows for the trainer, with the advantage broadcast per row."""
+def build_batch(rollout: sampling.Rollout, advantages: np.ndarray, loss_mask: np.ndarray,
+                token_mask: np.ndarray | None = None) -> RLBatch:
+  """Prompt + completion rows for the trainer, with the advantage broadcast per row.
+
+  `loss_mask` `[N]` drops whole rows from the loss; `token_mask` `[N, M]` (optional) single
+  generated tokens (they stay in the model's input).
+  """
   tokens = np.concatenate([rollout.prompt_tokens, np.asarray(rollout.tokens)], axis=1)
   completion_mask = np.asarray(rollout.mask)
   input_mask = np.concatenate([rollout.prompt_mask, completion_mask], axis=1)
+  in_loss = completion_mask & loss_mask.reshape(-1)[:, None]
+  if token_mask is not None:
+    in_loss = in_loss & np.asarray(token_mask, bool)
   return RLBatch(
       tokens=tokens, input_mask=input_mask,
       positions=np.asarray(transformer.positions_from_mask(input_mask)),
-      completion_mask=completion_mask & loss_mask.reshape(-1)[:, None],
+      completion_mask=in_loss,
       advantages=advantages.reshape(-1).astype(np.float32),
       sampler_logp=np.asarray(rollout.logprobs))
 
