@@ -48,11 +48,14 @@ def tokenizer_config() -> ConfigDict:
     kind: 'char', 'sentencepiece' or 'hf'.
     path: the `.model` file (sentencepiece), or `tokenizer.json` or its directory (hf).
     alphabet: the characters of the char tokenizer (ignored by the other kinds).
+    words: space-separated whole-word tokens of the char tokenizer ('' = none; see
+      `CharTokenizer`).
     chat_template: 'auto' (the checkpoint's own Jinja template if it has one, else a
       fallback picked from the vocabulary), 'hf' (the checkpoint's, required), or the
       fallbacks 'qwen', 'llama3', 'plain'.
   """
-  return ConfigDict(dict(kind="char", path="", alphabet="0123456789*=", chat_template="auto"))
+  return ConfigDict(dict(kind="char", path="", alphabet="0123456789*=", words="",
+                        chat_template="auto"))
 
 
 def verifier_config() -> ConfigDict:

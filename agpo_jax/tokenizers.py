@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import types
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
@@ -194,24 +195,41 @@ def _resolve_chat_template(
   return requested
 
 
-class CharTokenizer:
-  """One id per character of `alphabet`, for the embedded testbed.
+_WORD = re.compile(r"[a-z0-9]+")
 
-  Ids are fixed: pad = 0, bos = 1, eos = 2, and `alphabet[i]` is `3 + i`. Special tokens are
-  named `<pad>`, `<bos>`, `<eos>` (by `id_to_token` and `decode(skip_special=False)`), but
-  `encode` reads its input strictly character by character.
+
+class CharTokenizer:
+  """One id per character of `alphabet`, and optionally one per whole word of `words`, for the
+  embedded tasks.
+
+  Ids are fixed: pad = 0, bos = 1, eos = 2, `alphabet[i]` is `3 + i`, and `words[j]` (if any)
+  is `3 + len(alphabet) + j`. Special tokens are named `<pad>`, `<bos>`, `<eos>` (by
+  `id_to_token` and `decode(skip_special=False)`), but `encode` never reads them from text.
+  Without words, `encode` reads its input strictly character by character; with words, each
+  maximal run of `[a-z0-9]` that is one of `words` is a single token and everything else is
+  spelled character by character, so `decode(encode(text)) == text` either way. Words give a
+  small model a short sequence with one token per catalogue word (the relevance task's
+  `RelevanceTask.words`), while unseen words still encode.
   """
 
   SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>")
 
-  def __init__(self, alphabet: str, chat_template: str = "auto"):
+  def __init__(self, alphabet: str, chat_template: str = "auto", words: Sequence[str] = ()):
     if not alphabet:
       raise ValueError("CharTokenizer needs a non-empty alphabet")
     repeated = sorted({c for c in alphabet if alphabet.count(c) > 1})
     if repeated:
       raise ValueError(f"alphabet {alphabet!r} repeats the characters {repeated}")
-    self.alphabet = alphabet
-    self._tokens = (*self.SPECIAL_TOKENS, *alphabet)
+    words = tuple(words)
+    bad = [w for w in words if not _WORD.fullmatch(w) or len(w) < 2
+           or set(w) - set(alphabet)]
+    if bad:
+      raise ValueError(f"words {bad[:5]} are not runs of 2 or more [a-z0-9] characters of the "
+                       f"alphabet {alphabet!r}")
+    if len(set(words)) != len(words):
+      raise ValueError(f"words repeat {sorted({w for w in words if words.count(w) > 1})[:5]}")
+    self.alphabet, self.words = alphabet, words
+    self._tokens = (*self.SPECIAL_TOKENS, *alphabet, *words)
     self._ids = {token: i for i, token in enumerate(self._tokens)}
     self.vocab_size = len(self._tokens)
     self.pad_id, self.bos_id, self.eos_id = 0, 1, 2
@@ -221,16 +239,26 @@ class CharTokenizer:
     )
 
   def encode(self, text: str, add_bos: bool = False) -> list[int]:
+    ids, position = [], 0
+    for match in (_WORD.finditer(text) if self.words else ()):
+      ids += self._spell(text, position, match.start())
+      word_id = self._ids.get(match.group()) if len(match.group()) > 1 else None
+      ids += [word_id] if word_id is not None else self._spell(text, *match.span())
+      position = match.end()
+    ids += self._spell(text, position, len(text))
+    return _with_bos(ids, self.bos_id, add_bos)
+
+  def _spell(self, text: str, start: int, end: int) -> list[int]:
     ids = []
-    for position, char in enumerate(text):
-      token_id = self._ids.get(char)
+    for position in range(start, end):
+      token_id = self._ids.get(text[position])
       if token_id is None:
         raise ValueError(
-            f"character {char!r} (position {position} of {text!r}) is not in the alphabet "
-            f"{self.alphabet!r}"
+            f"character {text[position]!r} (position {position} of {text!r}) is not in the "
+            f"alphabet {self.alphabet!r}"
         )
       ids.append(token_id)
-    return _with_bos(ids, self.bos_id, add_bos)
+    return ids
 
   def decode(self, ids: Sequence[int] | np.ndarray, skip_special: bool = True) -> str:
     num_special = len(self.SPECIAL_TOKENS)
@@ -481,7 +509,8 @@ class HFTokenizer:
 def load_tokenizer(cfg: config_dict.ConfigDict) -> Tokenizer:
   """Builds the tokenizer described by `cfg` (see `tokenizer_config`)."""
   if cfg.kind == "char":
-    return CharTokenizer(cfg.alphabet, chat_template=cfg.chat_template)
+    return CharTokenizer(cfg.alphabet, chat_template=cfg.chat_template,
+                         words=str(cfg.get("words", "")).split())
   if cfg.kind not in TOKENIZER_KINDS:
     raise ValueError(f"unknown tokenizer kind {cfg.kind!r}; valid: {', '.join(TOKENIZER_KINDS)}")
   if not cfg.path:

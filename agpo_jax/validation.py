@@ -89,6 +89,7 @@ FIELD_SPECS: dict[str, Spec] = {
     "tokenizer.kind": Str(tokenizers.TOKENIZER_KINDS),
     "tokenizer.path": Str(),
     "tokenizer.alphabet": Str(),
+    "tokenizer.words": Str(),
     "tokenizer.chat_template": Str(CHAT_TEMPLATE_CHOICES),
     # model (its shape fields: `_check_model`)
     "model.preset": Str(tuple(PRESETS)),
@@ -212,7 +213,7 @@ FIELD_SPECS: dict[str, Spec] = {
 # Keys whose absence is fine: the code reading them has a default, or they are newer than
 # some configs.
 OPTIONAL_KEYS = frozenset({
-    "arms", "train.token_mass_metrics", "algo.agpo.mask_shared_tokens", "sft.label_smoothing",
+    "arms", "tokenizer.words", "train.token_mass_metrics", "algo.agpo.mask_shared_tokens", "sft.label_smoothing",
     *(key for key in FIELD_SPECS if key.startswith(("annotate.", "student."))), "sampling.rollout_chunks", "algo.preset",
     "train.spike_factor", "train.spike_warmup",
     "sft.max_consecutive_skips", "sft.spike_factor", "sft.spike_warmup",
@@ -300,6 +301,12 @@ def _check_tokenizer(c: _Checker) -> None:
   if kind == "char":
     if not c.get("tokenizer.alphabet"):
       c.problem("tokenizer.alphabet", "got ''; the char tokenizer needs a non-empty alphabet")
+    elif c.ok("tokenizer.words") and c.get("tokenizer.words"):
+      try:
+        tokenizers.CharTokenizer(c.get("tokenizer.alphabet"),
+                                 words=c.get("tokenizer.words").split())
+      except ValueError as e:
+        c.problem("tokenizer.words", str(e))
     return
   checkpoint = c.get("model.checkpoint")
   if not path and not (isinstance(checkpoint, str) and checkpoint):

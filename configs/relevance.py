@@ -27,9 +27,12 @@ def get_config():
   config = configs.load_config_file(str(pathlib.Path(__file__).with_name("default.py")))
   config.task = relevance_config()
   config.tokenizer.alphabet = RelevanceTask.alphabet
-  config.model.max_seq_len = 160  # prompts up to about 115 characters, answers up to 19
+  # The catalogue's words as single tokens (other words are spelled): a prompt is about 27
+  # tokens instead of 81 characters, and the label is its first answer token.
+  config.tokenizer.words = RelevanceTask.words
+  config.model.max_seq_len = 128  # prompts up to about 40 tokens (more for spelled words)
   config.verifier.kind = "relevance"
-  config.sampling.max_new_tokens = 20  # 'partially relevant' and the end of sequence
+  config.sampling.max_new_tokens = 8  # 'partially relevant' is 3 tokens; 'reason' answers ~12
   config.sft.steps = 400
   config.sft.batch_size = 64
   config.train.steps = 60

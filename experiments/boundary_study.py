@@ -39,13 +39,11 @@ from agpo_jax.evaluation import boundary, counts, plots
 from agpo_jax.evaluation.passk import pass_at_k_array
 from experiments import sweep
 
-# The study's testbed settings on top of configs/default.py (see experiments/README.md for
-# why): the RL budget, and the periodic held-out evaluations the frontier is drawn from.
+# The study's settings on top of the task's config (configs/default.py or configs/countdown.py,
+# both at temperature 1): the RL budget, and the periodic held-out evaluations the frontier is
+# drawn from. (The study before the testbed reached the RLVR regime sampled at temperature 1.5;
+# its results are kept in results/boundary_t1.5/.)
 STUDY_SETTINGS = {
-    # Sample (RL and evaluation) at temperature 1.5: the SFT base is then over-dispersed, so
-    # RL has held-out pass@1 to gain by sharpening (at temperature 1 it gains none here).
-    "sampling.temperature": "1.5",
-    "eval.temperature": "1.5",
     "train.steps": "150",
     "train.eval_every": "50",
     "train.eval_problems": "300",
@@ -61,21 +59,31 @@ class Arm:
   max_seeds: int | None = None  # run only the first this many of --seeds (None: all)
 
 
+MASK = {"algo.name": "agpo", "algo.agpo.mask_shared_tokens": "true"}
+
 ARMS = [
     Arm("grpo", {"algo.name": "grpo"}),
     Arm("psr", {"algo.name": "psr"}),
     Arm("nsr", {"algo.name": "nsr"}),
     Arm("w_reinforce", {"algo.name": "w_reinforce"}),
     Arm("agpo", {"algo.name": "agpo"}),
+    Arm("agpo[mask_shared]", MASK),
     Arm("agpo[nsr_plus_group]", {"algo.name": "agpo", "algo.agpo.variant": "nsr_plus_group"},
         main=False),
     Arm("agpo[weighted_rarity]", {"algo.name": "agpo", "algo.agpo.variant": "weighted_rarity"},
         main=False),
     Arm("agpo[r_neg=-0.25]", {"algo.name": "agpo", "algo.agpo.r_neg": "-0.25"}, main=False),
     Arm("agpo[lambda_pos=2]", {"algo.name": "agpo", "algo.agpo.lambda_pos": "2.0"}, main=False),
-    # Other learning rates (seed 0 only): more frontier points per method.
-    *(Arm(f"{name}[lr={lr}]", {"algo.name": name, "optim.lr": lr}, main=False, max_seeds=1)
-      for name in ("grpo", "agpo") for lr in ("1e-4", "1e-3")),
+    # Other learning rates and 4 mini-batch updates per rollout (seed 0 only): more frontier
+    # points per method, and the settings where AGPO's reference form collapsed.
+    *(Arm(f"{label}[lr={lr}]", {**overrides, "optim.lr": lr}, main=False, max_seeds=1)
+      for label, overrides in (("grpo", {"algo.name": "grpo"}), ("agpo", {"algo.name": "agpo"}),
+                               ("agpo[mask_shared]", MASK))
+      for lr in ("1e-4", "1e-3")),
+    *(Arm(f"{label}[minibatches=4]", {**overrides, "train.num_minibatches": "4"}, main=False,
+          max_seeds=1)
+      for label, overrides in (("grpo", {"algo.name": "grpo"}), ("agpo", {"algo.name": "agpo"}),
+                               ("agpo[mask_shared]", MASK))),
 ]
 
 
@@ -444,11 +452,12 @@ def write_outputs(result: dict, out: pathlib.Path, workdir: pathlib.Path | None 
                                  for r in a["runs"]):
     base_point = frontier_base_point(workdir, frontier_problems, k_high, result["split"])
     plot_frontier(result, main, out / "frontier.png", base_point, k_high)
-    anchors = [label for label in main if label in ("grpo", "agpo")]
-    constants = [label for label in variants if "[lr=" not in label]
-    # Other learning rates; a collapsed run (pass@1 under 1%) would squash the axes: left out
-    # of the figure (it is in the table).
-    rates = [label for label in variants if "[lr=" in label
+    anchors = [label for label in main if label in ("grpo", "agpo", "agpo[mask_shared]")]
+    budget = ("[lr=", "[minibatches=")
+    constants = [label for label in variants if not any(b in label for b in budget)]
+    # Other learning rates / update counts; a collapsed run (pass@1 under 1%) would squash the
+    # axes: left out of the figure (it is in the table).
+    rates = [label for label in variants if any(b in label for b in budget)
              and result["arms"][label]["pass@k"][1][0] >= 0.01]
     if constants:
       plot_frontier(result, anchors + constants, out / "frontier_agpo.png", base_point, k_high)

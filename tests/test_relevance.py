@@ -5,8 +5,10 @@ classifier, and per-class metrics."""
 import collections
 import functools
 import json
+import re
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
@@ -473,3 +475,19 @@ def test_classification_report_on_a_worked_example():
   assert "20.0%" in table[1] and "macro-F1 0.659" in table[-1]
   with pytest.raises(ValueError, match="'maybe'"):
     classification_report([R], ["maybe"], GRADED)
+
+
+def test_vocabulary_covers_every_word_of_the_synthetic_text_prompts_and_answers():
+  words = set(rel_data.vocabulary())
+  assert rel.RelevanceTask.words.split() == sorted(words)
+  tok = CharTokenizer(rel.RelevanceTask.alphabet, words=rel.RelevanceTask.words.split())
+  for label_set in ("graded", "esci"):
+    task = rel.RelevanceTask(ml_collections.ConfigDict(dict(
+        label_set=label_set, answer_format="reason", num_train=1500, num_heldout=10,
+        num_unlabeled=10)))
+    for problem in task.split("train"):
+      text = f"{problem.prompt} {problem.answer}"
+      used = {w for w in re.findall(r"[a-z0-9]+", text) if len(w) > 1}
+      assert used <= words, (text, used - words)
+      # Every word is one token: the encoding is words + separators + single characters.
+      assert len(tok.encode(text)) == len(re.findall(r"[a-z0-9]+|[^a-z0-9]", text))

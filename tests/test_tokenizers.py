@@ -131,6 +131,29 @@ def test_char_unknown_character_names_it():
     tok.encode("12+34=")
 
 
+def test_char_words_are_single_tokens_and_other_text_is_spelled():
+  tok = tok_lib.CharTokenizer("abcdefghijklmnopqrstuvwxyz0123456789 |,", words=["red", "shoes"])
+  # Ids: specials 0-2, the 39 characters 3-41, then the words in order.
+  assert (tok.vocab_size, tok.token_to_id("red"), tok.token_to_id("shoes")) == (44, 42, 43)
+  a, r = tok.token_to_id("a"), tok.token_to_id("r")
+  # A word is a maximal run of [a-z0-9]: 'reds' and 'xred' are spelled, 'red' in 'red,' is not.
+  ids = tok.encode("red shoes|reds,red")
+  assert ids == [42, tok.token_to_id(" "), 43, tok.token_to_id("|"), r,
+                 tok.token_to_id("e"), tok.token_to_id("d"), tok.token_to_id("s"),
+                 tok.token_to_id(","), 42]
+  for text in ("red shoes|reds,red", "xred", "", "a", "shoes shoes"):
+    assert tok.decode(tok.encode(text)) == text
+  assert tok.encode("a", add_bos=True) == [tok.bos_id, a]
+  assert tok.id_to_token(43) == "shoes"
+  # Without words nothing changes: the same character ids.
+  plain = tok_lib.CharTokenizer("abcdefghijklmnopqrstuvwxyz0123456789 |,")
+  assert plain.encode("red") == [r, tok.token_to_id("e"), tok.token_to_id("d")]
+  for words, message in ((["Red"], "not runs of 2 or more"), (["r"], "not runs of 2 or more"),
+                         (["red", "red"], "words repeat"), (["r d"], "not runs")):
+    with pytest.raises(ValueError, match=message):
+      tok_lib.CharTokenizer("abcdefghijklmnopqrstuvwxyz ", words=words)
+
+
 def test_char_rejects_bad_alphabet_and_ids():
   with pytest.raises(ValueError, match="repeats"):
     tok_lib.CharTokenizer("0120")

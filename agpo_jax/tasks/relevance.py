@@ -42,7 +42,8 @@ their hidden gold label so that annotation quality can be scored).
 
 **Prompt formats** (`prompt_format`):
 
-- 'text', for the character tokenizer (alphabet `RelevanceTask.alphabet`): values lower-cased,
+- 'text', for the character tokenizer (alphabet `RelevanceTask.alphabet`, optionally with the
+  catalogue's whole words `RelevanceTask.words` as single tokens): values lower-cased,
   other characters replaced by spaces, `QUERY|TITLE|CATEGORY,BRAND,COLOUR,SIZE,GENDER,PRICE=`
   with '-' for a missing attribute, e.g. `red nike running shoes size 9|nike mens running shoes
   blue|shoes,nike,blue,9,men,mid=`; the demonstration answer is the label (`answer_format=
@@ -80,6 +81,7 @@ from agpo_jax.tasks.relevance_data import (
     reason,
     split_by_query,
     synthetic_pairs,
+    vocabulary,
 )
 from agpo_jax.verifiers.grades import Reference
 from agpo_jax.verifiers.relevance import (
@@ -194,6 +196,7 @@ class RelevanceTask:
 
   name = "relevance"
   alphabet = TEXT_ALPHABET
+  words = " ".join(vocabulary())  # the 'text' prompts' whole-word tokens (`CharTokenizer`)
   SPLITS = ("train", "heldout", "unlabeled")
 
   def __init__(self, cfg: config_dict.ConfigDict):

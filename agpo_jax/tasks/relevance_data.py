@@ -11,6 +11,7 @@ import gzip
 import io
 import json
 import pathlib
+import re
 import types
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -21,6 +22,7 @@ from agpo_jax import configs
 from agpo_jax.verifiers.relevance import (
     ESCI,
     GRADED,
+    LABEL_SETS,
     label_set_name,
     resolve_label_set,
 )
@@ -168,6 +170,24 @@ def reason(query: Mapping[str, Any], item: Mapping[str, Any]) -> str:
     return " and ".join(names) + (" differs" if len(names) == 1 else " differ")
   return {"exact": "all match", "related_type": "type differs", "complement": "accessory",
           "unrelated": "category differs"}[kind]
+
+
+_REASON_WORDS = ("all", "match", "and", "differs", "differ", "type", "accessory", "category",
+                 "so")  # "so" joins a reason to its label (`relevance.demonstration`)
+
+
+def vocabulary() -> tuple[str, ...]:
+  """Every word of two or more characters (a run of `[a-z0-9]`) that the synthetic pairs'
+  'text' prompts, labels and reasons are written with, sorted: the catalogue, the attribute
+  values and words, both label sets and the reasons' words (the whole-word tokens of the
+  relevance configs' tokenizer, `CharTokenizer(words=...)`)."""
+  texts = [*COLOURS, *PRICE_BANDS, *_PRICE_WORDS.values(), *_GENDER_WORDS.values(),
+           *_ATTRIBUTE_WORDS.values(), *QUERY_ATTRIBUTES, "size", *_REASON_WORDS,
+           *(label for labels in LABEL_SETS.values() for label in labels)]
+  for name, category in CATALOGUE.items():
+    texts += [name, *category.types, *category.brands, *category.sizes, *category.genders]
+  return tuple(sorted({w for text in texts for w in re.findall(r"[a-z0-9]+", text)
+                       if len(w) > 1}))
 
 
 # --------------------------------------------------------------------------------------------
