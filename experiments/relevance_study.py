@@ -3,13 +3,15 @@ on the minority classes especially, and do students distilled from their labels 
 
     python -m experiments.relevance_study --workdir=runs/relevance_study
 
-For each seed (`--seeds`, default 0,1,2) one run of `configs/relevance.py` in
-`WORKDIR/seed<S>`: the pipeline (warm start on gold-labelled synthetic pairs, GRPO and AGPO
-from it), then `annotate` (each annotator labels the 2,000-pair unlabeled pool by majority of 8
-samples) and `distill` (a hashed n-gram student per annotator, and one on gold labels, scored on
-the held-out gold pairs). Seeds vary the whole run (initialisation, data order, sampling); the
-pairs are the same. Each step runs in a subprocess and is skipped when its results exist, so an
-interrupted study resumes.
+One warm start (SFT on gold-labelled synthetic pairs, `WORKDIR/base`, trained once and evaluated
+once: `experiments/sweep.py`'s shared base), then for each seed (`--seeds`, default 0,1,2) one
+run of `configs/relevance.py` in `WORKDIR/seed<S>` from a copy of it: GRPO and AGPO (the
+pipeline), `annotate` (each annotator, the warm start included, labels the 2,000-pair unlabeled
+pool by majority of `annotate.n` samples) and `distill` (a hashed n-gram student per annotator,
+and one on gold labels, scored on the held-out gold pairs). Seeds vary the RL runs, the
+annotation samples and the students, not the warm start (`--own_base`: each seed trains its
+own, so seeds vary everything); the pairs are the same. Each step runs in a subprocess and is
+skipped when its results exist, so an interrupted study resumes.
 
 Outputs in `--out` (default `experiments/results/`): `relevance_table.md` (mean and 95%
 t-interval over seeds of accuracy, macro-F1 and each class's F1, for annotators and students),
@@ -33,9 +35,12 @@ CONFIG = "configs/relevance.py"
 _T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
-def run_seed(workdir: pathlib.Path, seed: int, fixed: dict[str, str]) -> pathlib.Path:
+def run_seed(workdir: pathlib.Path, seed: int, fixed: dict[str, str],
+             shared_base: bool = True) -> pathlib.Path:
   """Pipeline, annotate and distill for one seed (each skipped when already done)."""
   run_dir = workdir / f"seed{seed}"
+  if shared_base:
+    sweep.prepare_shared_base(CONFIG, workdir, fixed, run_dir)
   run_dir.mkdir(parents=True, exist_ok=True)
   overrides = {"seed": str(seed), **fixed}
   steps = [("pipeline", run_dir / "results.json"), ("annotate", run_dir / "annotate" /
@@ -93,11 +98,16 @@ def table(results: dict) -> str:
   for kind, title in (("annotators", "annotator"), ("students", "student trained on")):
     lines += [f"| {title} | seeds | " + " | ".join(c.replace("_", "-") for c in columns) + " |",
               "|---|---:|" + "---:|" * len(columns)]
-    for model, metrics in results[kind].items():
+    rows = dict(results[kind])
+    if "agpo" in rows and "grpo" in rows:  # paired by seed: the same warm start and seed
+      rows["agpo − grpo (paired)"] = {c: np.subtract(rows["agpo"][c], rows["grpo"][c]).tolist()
+                                      for c in columns}
+    for model, metrics in rows.items():
       cells = []
       for column in columns:
         mean, half = mean_ci(metrics[column])
-        cells.append(f"{100 * mean:.1f} ± {100 * half:.1f}")
+        sign = "+" if model.endswith("(paired)") and mean >= 0 else ""
+        cells.append(f"{sign}{100 * mean:.1f} ± {100 * half:.1f}")
       lines.append(f"| {model} | {len(metrics['accuracy'])} | " + " | ".join(cells) + " |")
     lines.append("")
   supports = ", ".join(f"{c} {int(np.mean(some[f'support {c}']))}" for c in order)
@@ -137,13 +147,15 @@ def main() -> None:
   parser.add_argument("--out", default=str(ROOT / "experiments" / "results"))
   parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                       help="an override for every run, e.g. --set train.steps=30")
+  parser.add_argument("--own_base", action="store_true",
+                      help="each seed trains its own warm start (default: one shared)")
   parser.add_argument("--analyze_only", action="store_true")
   args = parser.parse_args()
   fixed = dict(item.split("=", 1) for item in args.set)
   workdir = pathlib.Path(args.workdir)
   seeds = [int(s) for s in args.seeds.split(",")]
   run_dirs = [workdir / f"seed{s}" for s in seeds] if args.analyze_only else [
-      run_seed(workdir, s, fixed) for s in seeds]
+      run_seed(workdir, s, fixed, shared_base=not args.own_base) for s in seeds]
   results = collect(run_dirs)
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
