@@ -111,7 +111,8 @@ def table(results: dict) -> str:
       lines.append(f"| {model} | {len(metrics['accuracy'])} | " + " | ".join(cells) + " |")
     lines.append("")
   supports = ", ".join(f"{c} {int(np.mean(some[f'support {c}']))}" for c in order)
-  return "\n".join(lines) + f"(annotators: the unlabeled pool's gold, pairs per class: {supports})\n"
+  return ("\n".join(lines)
+          + f"(annotators: the unlabeled pool's gold, pairs per class: {supports})\n")
 
 
 def plot(results: dict, path: pathlib.Path) -> None:
