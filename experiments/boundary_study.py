@@ -206,6 +206,16 @@ def analyze(workdir: pathlib.Path, arms: list[Arm], seeds: list[int], ks: list[i
   if base_path is None:
     raise FileNotFoundError(f"no base count file for split {split!r} in {workdir / 'base'}")
   base = counts.read_counts(base_path)
+  # The runs may evaluate fewer problems than the base did (eval.max_problems set for the
+  # runs only): the base row then covers the runs' problems, as the paired differences do.
+  for arm, seed in ((a, s) for a in arms for s in seeds):
+    run_dir = workdir / sweep.run_name(run_overrides(arm, seed))
+    path = _find_counts(run_dir, split, trained=True, n=n) if run_dir.exists() else None
+    if path is not None:
+      run_ids = {r["id"] for r in counts.read_counts(path)}
+      base = [r for r in base if r["id"] in run_ids] if run_ids < {r["id"] for r in base} \
+          else base
+      break
   base_summary = counts.summarize(base)
   result = {"split": split, "ks": ks, "num_problems": len(base), "n": base_summary["n"],
             "base": {"pass@k": base_summary["pass@k"]}, "arms": {}}

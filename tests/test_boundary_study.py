@@ -138,3 +138,17 @@ def test_arms_are_compared_with_grpo(tmp_path):
   assert "vs_grpo" not in result["arms"]["grpo"]
   table = study.vs_grpo_table(result)
   assert table.splitlines()[2].startswith("| agpo[r_neg=-0.25] | 1 | -6.2 [")
+
+
+def test_base_row_covers_only_the_problems_the_runs_evaluated(tmp_path):
+  _fake_study(tmp_path)
+  full = study.analyze(tmp_path, ARMS, seeds=[0], ks=[1], num_resamples=0)
+  assert full["num_problems"] == 4 and full["base"]["pass@k"][1] == pytest.approx(0.4375)
+  # Every run evaluated only p0 and p1 (eval.max_problems=2): the base row covers those two.
+  for path in tmp_path.glob("algo.name=*/eval/*.jsonl"):
+    if not path.name.startswith("base_"):
+      path.write_text("\n".join(path.read_text().splitlines()[:2]) + "\n")
+  half = study.analyze(tmp_path, ARMS, seeds=[0], ks=[1], num_resamples=0)
+  assert half["num_problems"] == 2
+  assert half["base"]["pass@k"][1] == pytest.approx((1 + 0.25) / 2)
+  assert half["arms"]["grpo"]["pass@k"][1][0] == pytest.approx(0.5)  # [4, 0] of 4
