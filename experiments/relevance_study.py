@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import pathlib
 
 import numpy as np
@@ -31,8 +30,6 @@ from experiments import sweep
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = "configs/relevance.py"
-# Two-sided 95% Student t quantiles by degrees of freedom.
-_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
 def run_seed(workdir: pathlib.Path, seed: int, fixed: dict[str, str],
@@ -54,15 +51,6 @@ def run_seed(workdir: pathlib.Path, seed: int, fixed: dict[str, str],
     command = sweep.main_command(CONFIG, run_dir, {**overrides, "mode": mode, "arms": "grpo,agpo"})
     sweep.run(command, run_dir / f"{mode}.log")
   return run_dir
-
-
-def mean_ci(values: list[float]) -> tuple[float, float]:
-  """Mean and the half-width of its 95% t-interval (0 for a single value)."""
-  values = np.asarray(values, float)
-  if len(values) < 2:
-    return float(values.mean()), 0.0
-  half = _T95.get(len(values) - 1, 1.96) * values.std(ddof=1) / math.sqrt(len(values))
-  return float(values.mean()), float(half)
 
 
 def _model_name(label: str) -> str:
@@ -105,7 +93,7 @@ def table(results: dict) -> str:
     for model, metrics in rows.items():
       cells = []
       for column in columns:
-        mean, half = mean_ci(metrics[column])
+        mean, half = sweep.mean_ci(metrics[column])
         sign = "+" if model.endswith("(paired)") and mean >= 0 else ""
         cells.append(f"{sign}{100 * mean:.1f} ± {100 * half:.1f}")
       lines.append(f"| {model} | {len(metrics['accuracy'])} | " + " | ".join(cells) + " |")
@@ -131,7 +119,7 @@ def plot(results: dict, path: pathlib.Path) -> None:
     models = list(results[kind])
     x = np.arange(len(models))
     for offset, metric in ((-0.2, "macro_f1"), (0.2, f"f1 {rare}")):
-      stats = [mean_ci(results[kind][m][metric]) for m in models]
+      stats = [sweep.mean_ci(results[kind][m][metric]) for m in models]
       ax.bar(x + offset, [100 * s[0] for s in stats], 0.4, yerr=[100 * s[1] for s in stats],
              label=metric.replace("_", "-"), capsize=3)
     ax.set_xticks(x, models, rotation=20)

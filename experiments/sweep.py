@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import os
 import pathlib
 import shutil
@@ -28,6 +29,19 @@ import sys
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+# Two-sided 95% Student t quantiles by degrees of freedom.
+_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+def mean_ci(values: list[float]) -> tuple[float, float]:
+  """Mean and the half-width of its 95% t-interval (0 for a single value)."""
+  values = np.asarray(values, float)
+  if len(values) < 2:
+    return float(values.mean()), 0.0
+  half = _T95.get(len(values) - 1, 1.96) * values.std(ddof=1) / math.sqrt(len(values))
+  return float(values.mean()), float(half)
 
 
 def parse_axis(text: str) -> tuple[str, list[str]]:

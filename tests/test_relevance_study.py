@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 
 from experiments import relevance_study as study
+from experiments import sweep
 
 
 def test_mean_ci_is_the_student_t_interval():
-  mean, half = study.mean_ci([0.5, 0.7, 0.6])
+  mean, half = sweep.mean_ci([0.5, 0.7, 0.6])
   # sd = 0.1, n = 3: half-width t(0.975, 2) * 0.1 / sqrt(3) = 4.303 * 0.05774
   assert mean == pytest.approx(0.6) and half == pytest.approx(4.303 * 0.1 / np.sqrt(3))
-  assert study.mean_ci([0.4]) == (pytest.approx(0.4), 0.0)
+  assert sweep.mean_ci([0.4]) == (pytest.approx(0.4), 0.0)
 
 
 def _report(accuracy, f1_rare, f1_common):
