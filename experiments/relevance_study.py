@@ -1,7 +1,7 @@
 """The relevance study: do RL-trained annotators (GRPO, AGPO) label better than the warm start,
 on the minority classes especially, and do students distilled from their labels get better?
 
-    python -m experiments.relevance_study --workdir=runs/relevance_study
+    python -m experiments.relevance_study --workdir=runs/relevance_study --jobs=2
 
 One warm start (SFT on gold-labelled synthetic pairs, `WORKDIR/base`, trained once and evaluated
 once: `experiments/sweep.py`'s shared base), then for each seed (`--seeds`, default 0,1,2) one
@@ -21,6 +21,7 @@ t-interval over seeds of accuracy, macro-F1 and each class's F1, for annotators 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import pathlib
 
@@ -138,13 +139,22 @@ def main() -> None:
                       help="an override for every run, e.g. --set train.steps=30")
   parser.add_argument("--own_base", action="store_true",
                       help="each seed trains its own warm start (default: one shared)")
+  parser.add_argument("--jobs", type=int, default=1,
+                      help="seeds run at once (each seed's steps stay in order)")
   parser.add_argument("--analyze_only", action="store_true")
   args = parser.parse_args()
   fixed = dict(item.split("=", 1) for item in args.set)
   workdir = pathlib.Path(args.workdir)
   seeds = [int(s) for s in args.seeds.split(",")]
-  run_dirs = [workdir / f"seed{s}" for s in seeds] if args.analyze_only else [
-      run_seed(workdir, s, fixed, shared_base=not args.own_base) for s in seeds]
+  if args.analyze_only:
+    run_dirs = [workdir / f"seed{s}" for s in seeds]
+  else:
+    if not args.own_base:  # the shared warm start first, once, before any seed runs
+      for s in seeds:
+        sweep.prepare_shared_base(CONFIG, workdir, fixed, workdir / f"seed{s}")
+    with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:  # subprocesses do the work
+      run_dirs = list(pool.map(
+          lambda s: run_seed(workdir, s, fixed, shared_base=not args.own_base), seeds))
   results = collect(run_dirs)
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
