@@ -151,6 +151,9 @@ def rl_config() -> ConfigDict:
       # Log where the advantage mass lands token by token (tokens/*: stop token, first token,
       # tokens the whole group shares, quarters of the length; algorithms/token_mass.py).
       token_mass_metrics=True,
+      # Prompt every gold label equally often (tasks.problem.balance_by_label): for RL on an
+      # imbalanced label task (relevance). Needs problems with a gold label.
+      balance_labels=False,
   ))
 
 

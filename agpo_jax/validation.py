@@ -138,6 +138,7 @@ FIELD_SPECS: dict[str, Spec] = {
     "train.spike_factor": Num(0, note="0 disables the loss-spike guard"),
     "train.spike_warmup": Int(1),
     "train.token_mass_metrics": Bool(),
+    "train.balance_labels": Bool(),
     **_optim_specs("optim"),
     # algo
     "algo.name": Str(advantages.estimator_names()),
@@ -213,7 +214,7 @@ FIELD_SPECS: dict[str, Spec] = {
 # Keys whose absence is fine: the code reading them has a default, or they are newer than
 # some configs.
 OPTIONAL_KEYS = frozenset({
-    "arms", "tokenizer.words", "train.token_mass_metrics", "algo.agpo.mask_shared_tokens", "sft.label_smoothing",
+    "arms", "tokenizer.words", "train.token_mass_metrics", "train.balance_labels", "algo.agpo.mask_shared_tokens", "sft.label_smoothing",
     *(key for key in FIELD_SPECS if key.startswith(("annotate.", "student."))), "sampling.rollout_chunks", "algo.preset",
     "train.spike_factor", "train.spike_warmup",
     "sft.max_consecutive_skips", "sft.spike_factor", "sft.spike_warmup",

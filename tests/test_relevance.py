@@ -491,3 +491,22 @@ def test_vocabulary_covers_every_word_of_the_synthetic_text_prompts_and_answers(
       assert used <= words, (text, used - words)
       # Every word is one token: the encoding is words + separators + single characters.
       assert len(tok.encode(text)) == len(re.findall(r"[a-z0-9]+|[^a-z0-9]", text))
+
+
+def test_balance_by_label_repeats_rarer_labels_up_to_the_largest():
+  from agpo_jax.tasks.problem import balance_by_label  # noqa: PLC0415
+  make = lambda i, label: rel.RelevanceProblem(  # noqa: E731
+      id=f"p{i}", prompt="q", answer=label, reference_kind="relevance", label=label)
+  problems = ([make(i, "irrelevant") for i in range(6)] + [make(6, "relevant")]
+              + [make(i, "partially relevant") for i in range(7, 11)])
+  out = balance_by_label(problems, seed=0)
+  by_label = collections.Counter(p.label for p in out)
+  assert by_label == {"irrelevant": 6, "relevant": 6, "partially relevant": 6}
+  # 'partially relevant' (4 problems): each once, then 2 of them a second time; 'relevant' 6x.
+  partial = collections.Counter(p.id for p in out if p.label == "partially relevant")
+  assert sorted(partial.values()) == [1, 1, 2, 2]
+  assert [p.id for p in out if p.label == "irrelevant"] == [f"p{i}" for i in range(6)]
+  assert out == balance_by_label(problems, seed=0)  # deterministic per seed
+  with pytest.raises(ValueError, match="problem 'x' has no gold label"):
+    balance_by_label([rel.RelevanceProblem(id="x", prompt="q", answer="a",
+                                           reference_kind="relevance")], seed=0)

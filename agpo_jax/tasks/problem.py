@@ -9,7 +9,7 @@ benchmarks make chat problems with 'math' references.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -70,6 +70,33 @@ class Problem:
   def question(self) -> str:
     """The bare question: `prompt` (the name the math benchmark code uses)."""
     return self.prompt
+
+
+def balance_by_label(problems: Sequence[Problem], seed: int) -> list[Problem]:
+  """Every gold label equally often: each label's problems repeated (the last partial round a
+  seeded random subset) up to the count of the most frequent label; order by label, then as
+  given (a `PromptIterator` shuffles). Problems without a `label` attribute are an error.
+
+  For RL on an imbalanced label task: with group-normalised advantages every prompt's group
+  weighs about the same in the update whatever its reward scale, so how often each class is
+  prompted is what sets how much the policy learns about it.
+  """
+  groups: dict[str, list[Problem]] = {}
+  for problem in problems:
+    label = getattr(problem, "label", None)
+    if label is None:
+      raise ValueError(f"problem {problem.id!r} has no gold label to balance by")
+    groups.setdefault(label, []).append(problem)
+  if not groups:
+    return []
+  largest = max(len(group) for group in groups.values())
+  rng = np.random.default_rng(seed)
+  out: list[Problem] = []
+  for label in sorted(groups):
+    group = groups[label]
+    rounds, extra = divmod(largest, len(group))
+    out += group * rounds + [group[i] for i in sorted(rng.permutation(len(group))[:extra])]
+  return out
 
 
 def encode_prompt(tokenizer: Tokenizer, problem: Problem) -> list[int]:

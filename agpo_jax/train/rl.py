@@ -31,6 +31,7 @@ from agpo_jax.metrics import MetricsWriter
 from agpo_jax.models.config import ModelConfig
 from agpo_jax.sharding import multihost, rules
 from agpo_jax.tasks import PromptIterator
+from agpo_jax.tasks.problem import balance_by_label
 from agpo_jax.tokenizers import Tokenizer
 from agpo_jax.train import rl_step, rollouts
 from agpo_jax.train import state as state_lib
@@ -168,6 +169,13 @@ def train_rl(config: config_dict.ConfigDict, workdir: pathlib.Path, model_cfg: M
   lr = state_lib.learning_rate_schedule(config.optim, cfg.steps * updates_per_step)
   state, shardings = _train_state(config, model_cfg, init_params, mesh)
   rng = jax.random.key(config.seed, impl=config.prng_impl)
+  if cfg.get("balance_labels", False):
+    try:
+      problems = balance_by_label(problems, config.seed)
+    except ValueError as e:
+      raise configs.ConfigError(f"config.train.balance_labels=True: {e} (a label task such as "
+                                "task.name='relevance' has them)") from None
+    logging.info("RL prompts balanced by gold label: %d problems", len(problems))
   iterator = PromptIterator(len(problems), cfg.batch_prompts, seed=config.seed)
   # This process's prompts of each batch (all of them on one process).
   mine = slice(None) if mesh is None else multihost.process_rows(cfg.batch_prompts, mesh)
