@@ -15,6 +15,7 @@ def _config():
   cfg.task.update(dict(num_train=64, num_heldout=24, num_unlabeled=20))
   cfg.sft.steps, cfg.sft.batch_size = 3, 16
   cfg.train.steps, cfg.train.batch_prompts = 1, 4
+  cfg.train.balance_labels = True
   cfg.sampling.num_samples = 2
   cfg.eval.n, cfg.eval.samples_per_call, cfg.eval.max_problems = 2, 2, 4
   cfg.annotate.n, cfg.annotate.samples_per_call, cfg.annotate.batch_prompts = 3, 3, 8

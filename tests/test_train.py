@@ -143,6 +143,15 @@ def test_unknown_algorithm_fails_before_any_work(tmp_path):
   assert not (tmp_path / "checkpoints").exists()
 
 
+def test_balance_labels_needs_a_label_task(tmp_path):
+  cfg = _tiny_config(**{"train.balance_labels": True})
+  tokenizer, model_cfg, task = _setup(cfg)
+  params = transformer.init_params(model_cfg, jax.random.key(0, impl="rbg"))
+  with pytest.raises(configs.ConfigError, match=r"config\.train\.balance_labels=True: problem "
+                     r"'.*' has no gold label"):
+    train_rl(cfg, tmp_path, model_cfg, tokenizer, task.split("train"), None, params)
+
+
 def test_checkpoint_from_another_model_is_refused(tmp_path):
   cfg = _tiny_config(workdir_steps=1)
   tokenizer, model_cfg, task = _setup(cfg)
