@@ -22,13 +22,10 @@ def _table():
 
 def test_worked_example():
   # Two groups of G = 2. Group 0: rows "5 6 EOS" (A = -1) and "5 7 EOS" (A = +1): token 5 at
-  # position 0 and EOS at position 2 are shared. Group 1: "8 EOS" (A = -0.5) and "9 9 9 9" truncated (A = -0.5,
-  # masked out of the loss): nothing shared, and the masked row carries no mass.
-  tokens = np.array([[5, 6, EOS, PAD], [5, 7, EOS, PAD], [8, EOS, PAD, PAD], [9, 9, 9, 9]])
-  lengths = np.array([3, 3, 2, 4])
-  truncated = np.array([False, False, False, True])
-  advantages = np.array([-1.0, 1.0, -0.5, -0.5])
-  loss_mask = np.array([True, True, True, False])
+  # position 0 and EOS at position 2 are shared. Group 1: "8 EOS" (A = -0.5) and "9 9 9 9"
+  # truncated (A = -0.5, masked out of the loss): nothing shared, and the masked row carries
+  # no mass.
+  tokens, lengths, truncated, advantages, loss_mask = _table()
   m = token_mass_metrics(tokens, lengths, truncated, advantages, loss_mask, group_size=2)
   # Negative mass: row 0 three tokens x 1 = 3, row 2 two tokens x 0.5 = 1; total 4.
   assert m["neg_mass"] == pytest.approx(4.0)
