@@ -77,9 +77,9 @@ def test_math_messages():
 
 
 def test_benchmark_prompt_renders_with_qwen_template():
-  tokenizers = pytest.importorskip("agpo_jax.tokenizers")
+  chat_render = pytest.importorskip("agpo_jax.chat_render")
   problem = load_benchmark("aime24")[0]
-  prompt = tokenizers.render_chat("qwen", build_math_messages(problem.question))
+  prompt = chat_render.render_chat("qwen", build_math_messages(problem.question))
   assert prompt.count(MATH_INSTRUCTION) == 1
   assert prompt.endswith(MATH_INSTRUCTION + "<|im_end|>\n<|im_start|>assistant\n")
 

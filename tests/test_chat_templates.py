@@ -18,6 +18,7 @@ from tokenizers import Tokenizer as HFRawTokenizer
 from tokenizers import decoders, models, pre_tokenizers, processors, trainers
 
 from agpo_jax import defaults
+from agpo_jax import chat_render
 from agpo_jax import tokenizers as tok_lib
 
 # Qwen2.5-Instruct's chat template (tokenizer_config.json of Qwen/Qwen2.5-*-Instruct).
@@ -338,9 +339,9 @@ def test_prompt_ids_equal_transformers(family, conversation, qwen_dir, llama_dir
   messages = CONVERSATIONS[conversation]
   tok = tok_lib.HFTokenizer(directory)
   assert tok.chat_template == "hf" and tok.jinja_chat_template is not None
-  ids = tok_lib.encode_chat(tok, messages)
+  ids = chat_render.encode_chat(tok, messages)
   assert ids == _hf_ids(transformers, directory, messages)
-  assert tok_lib.render_tokenizer_chat(tok, messages) == _hf_text(transformers, directory, messages)
+  assert chat_render.render_tokenizer_chat(tok, messages) == _hf_text(transformers, directory, messages)
   # Chat markers are single ids, not spelled out in bytes.
   marker = {"qwen25": "<|im_start|>", "llama31": "<|start_header_id|>"}[family]
   assert tok.token_to_id(marker) in ids
@@ -348,8 +349,8 @@ def test_prompt_ids_equal_transformers(family, conversation, qwen_dir, llama_dir
 
 def test_qwen_default_system_prompt_and_no_bos(qwen_dir):
   tok = tok_lib.HFTokenizer(qwen_dir)
-  assert tok_lib.render_tokenizer_chat(tok, MULTI_TURN) == QWEN_MULTI_TURN_PROMPT
-  with_system = tok_lib.render_tokenizer_chat(tok, [SYSTEM, *MULTI_TURN])
+  assert chat_render.render_tokenizer_chat(tok, MULTI_TURN) == QWEN_MULTI_TURN_PROMPT
+  with_system = chat_render.render_tokenizer_chat(tok, [SYSTEM, *MULTI_TURN])
   assert tok_lib.QWEN_DEFAULT_SYSTEM_PROMPT not in with_system
   assert tok.bos_id is None
 
@@ -358,7 +359,7 @@ def test_llama_bos_once_header_ids_and_eot(llama_dir):
   tok = tok_lib.HFTokenizer(llama_dir)
   bos, header, eot = (tok.token_to_id(t) for t in
                       ("<|begin_of_text|>", "<|start_header_id|>", "<|eot_id|>"))
-  ids = tok_lib.encode_chat(tok, [SYSTEM, *MULTI_TURN])
+  ids = chat_render.encode_chat(tok, [SYSTEM, *MULTI_TURN])
   # The template writes the BOS; the tokenizer's post-processor would add a second one.
   assert ids[0] == bos and ids.count(bos) == 1
   assert ids[1] == header and ids.count(header) == 5  # system, 3 turns, generation prompt
@@ -407,7 +408,7 @@ def test_jinja_globals_and_extensions_equal_transformers(llama_dir, transformers
   )
   directory = _llama_dir(tmp_path, chat_template=template)
   tok = tok_lib.HFTokenizer(directory)
-  text = tok_lib.render_tokenizer_chat(tok, [SYSTEM, *MULTI_TURN])
+  text = chat_render.render_tokenizer_chat(tok, [SYSTEM, *MULTI_TURN])
   assert text == _hf_text(transformers, directory, [SYSTEM, *MULTI_TURN])
   year = str(datetime.datetime.now().year)
   assert text == (
@@ -427,7 +428,7 @@ def test_messages_reach_the_template_as_in_transformers(tmp_path, transformers):
       {"role": "assistant", "content": None, "reasoning": "think"},
   ]
   tok = tok_lib.HFTokenizer(directory)
-  text = tok_lib.render_tokenizer_chat(tok, messages)
+  text = chat_render.render_tokenizer_chat(tok, messages)
   assert text == _hf_text(transformers, directory, messages)
   assert text == (
       '{"role": "user", "content": "hi"}\n'
@@ -452,7 +453,7 @@ def test_special_token_variables_as_transformers_reads_them(
   _write_json(directory / "special_tokens_map.json",
               {"bos_token": {"content": "<|begin_of_text|>"}, "eos_token": "<|end_of_text|>"})
   tok = tok_lib.HFTokenizer(directory)
-  text = tok_lib.render_tokenizer_chat(tok, MULTI_TURN)
+  text = chat_render.render_tokenizer_chat(tok, MULTI_TURN)
   assert text == _hf_text(transformers, directory, MULTI_TURN)
   assert text == ("|<|eot_id|>|" if added_tokens_decoder else "<|begin_of_text|>|<|end_of_text|>|")
 
@@ -463,7 +464,7 @@ def test_template_without_bos_gets_none_added(tmp_path, transformers):
   template = "{% for m in messages %}{{ m.content }}{% endfor %}"
   directory = _llama_dir(tmp_path, chat_template=template)
   tok = tok_lib.HFTokenizer(directory)
-  ids = tok_lib.encode_chat(tok, MULTI_TURN)
+  ids = chat_render.encode_chat(tok, MULTI_TURN)
   assert tok.bos_id is not None and tok.bos_id not in ids
   assert ids == _hf_ids(transformers, directory, MULTI_TURN)
   assert ids == tok.encode("What is 2+2?Four.  And 3+3, times ½? \n")
@@ -484,11 +485,11 @@ def test_template_sources_as_transformers_reads_them(layout, tmp_path, transform
   assert tok.chat_template == "hf"
   expected_origin = "chat_template.jinja" if layout == "jinja_file" else "entry 'default'"
   assert expected_origin in tok.jinja_chat_template.origin
-  assert tok_lib.render_tokenizer_chat(tok, MULTI_TURN) == (
+  assert chat_render.render_tokenizer_chat(tok, MULTI_TURN) == (
       "<|im_start|>user|What is 2+2?<|im_start|>assistant|Four."
       "<|im_start|>user|  And 3+3, times ½? \n"
   )
-  assert tok_lib.encode_chat(tok, MULTI_TURN) == _hf_ids(transformers, directory, MULTI_TURN)
+  assert chat_render.encode_chat(tok, MULTI_TURN) == _hf_ids(transformers, directory, MULTI_TURN)
 
 
 def test_named_templates_without_default_are_refused(tmp_path):
@@ -505,10 +506,10 @@ def test_fallbacks_still_render_what_they_did(qwen_dir, llama_dir):
   """Forcing a hand-written template ignores the checkpoint's; the goldens are today's output."""
   qwen = tok_lib.HFTokenizer(qwen_dir, chat_template="qwen")
   assert qwen.chat_template == "qwen" and qwen.jinja_chat_template is None
-  ids = tok_lib.encode_chat(qwen, MULTI_TURN)
+  ids = chat_render.encode_chat(qwen, MULTI_TURN)
   assert qwen.decode(ids, skip_special=False) == QWEN_MULTI_TURN_PROMPT
   llama = tok_lib.HFTokenizer(llama_dir, chat_template="llama3")
-  ids = tok_lib.encode_chat(llama, [SYSTEM, *MULTI_TURN])
+  ids = chat_render.encode_chat(llama, [SYSTEM, *MULTI_TURN])
   assert ids.count(llama.bos_id) == 1
   assert llama.decode(ids, skip_special=False) == (
       "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief. Answer in words."
@@ -518,7 +519,7 @@ def test_fallbacks_still_render_what_they_did(qwen_dir, llama_dir):
       "<|start_header_id|>assistant<|end_header_id|>\n\n"
   )
   plain = tok_lib.HFTokenizer(llama_dir, chat_template="plain")
-  assert plain.decode(tok_lib.encode_chat(plain, MULTI_TURN), skip_special=False) == (
+  assert plain.decode(chat_render.encode_chat(plain, MULTI_TURN), skip_special=False) == (
       "<|begin_of_text|>What is 2+2?\n\nFour.\n\n  And 3+3, times ½? \n"
   )
 
@@ -527,7 +528,7 @@ def test_qwen_fallback_matches_the_official_template(qwen_dir, transformers):
   """For plain conversations the hand-written 'qwen' template is Qwen2.5's, token for token."""
   qwen = tok_lib.HFTokenizer(qwen_dir, chat_template="qwen")
   for messages in CONVERSATIONS.values():
-    assert tok_lib.encode_chat(qwen, messages) == _hf_ids(transformers, qwen_dir, messages)
+    assert chat_render.encode_chat(qwen, messages) == _hf_ids(transformers, qwen_dir, messages)
 
 
 def test_auto_falls_back_without_a_template_and_hf_requires_one(tmp_path):
@@ -554,9 +555,9 @@ def test_load_tokenizer_with_hf_template(qwen_dir):
 def test_render_chat_takes_a_chat_template_but_not_the_bare_name():
   template = tok_lib.ChatTemplate("{{ bos_token }}{{ messages[0].content | upper }}",
                                   special_tokens={"bos_token": "<s>"})
-  assert tok_lib.render_chat(template, [{"role": "user", "content": "hi"}]) == "<s>HI"
+  assert chat_render.render_chat(template, [{"role": "user", "content": "hi"}]) == "<s>HI"
   with pytest.raises(ValueError, match="render_tokenizer_chat"):
-    tok_lib.render_chat("hf", [{"role": "user", "content": "hi"}])
+    chat_render.render_chat("hf", [{"role": "user", "content": "hi"}])
 
 
 # ------------------------------------------------------------------ errors
@@ -585,12 +586,12 @@ def test_raise_exception_through_encode_chat(tmp_path):
       "{% endif %}{{ m.content }}{% endfor %}"
   )
   tok = tok_lib.HFTokenizer(_qwen_dir(tmp_path, chat_template=template))
-  ids = tok_lib.encode_chat(tok, MULTI_TURN)
+  ids = chat_render.encode_chat(tok, MULTI_TURN)
   assert tok.decode(ids) == "What is 2+2?Four.  And 3+3, times ½? \n"
   with pytest.raises(tok_lib.ChatTemplateError,
                      match=r"key 'chat_template'\) \(template line 3\) refused the conversation: "
                            r"Conversation roles must alternate"):
-    tok_lib.encode_chat(tok, [SYSTEM, *MULTI_TURN])
+    chat_render.encode_chat(tok, [SYSTEM, *MULTI_TURN])
 
 
 def test_template_errors_name_the_file_and_line(tmp_path):

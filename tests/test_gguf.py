@@ -19,7 +19,7 @@ import pytest
 
 gguf = pytest.importorskip("gguf")
 
-from agpo_jax import tokenizers  # noqa: E402
+from agpo_jax import chat_render, tokenizers  # noqa: E402
 from agpo_jax.models import gguf as gguf_import  # noqa: E402
 from agpo_jax.models import transformer  # noqa: E402
 from agpo_jax.sampling import Sampler, SamplingParams  # noqa: E402
@@ -100,7 +100,7 @@ def greedy(ours, our_tokenizer):
   """Our greedy completions (token lists, stop token included) of POEM and CAPITAL, sampled
   as one left-padded batch by `Sampler` at temperature 0."""
   cfg, params = ours
-  prompts = [tokenizers.encode_chat(our_tokenizer, m) for m in (POEM, CAPITAL)]
+  prompts = [chat_render.encode_chat(our_tokenizer, m) for m in (POEM, CAPITAL)]
   sampling = SamplingParams(temperature=0.0, max_new_tokens=NEW_TOKENS,
                             stop_ids=our_tokenizer.stop_ids,
                             vocab_limit=our_tokenizer.vocab_size)
@@ -192,9 +192,9 @@ def test_rebuilt_chat_template_matches_transformers(our_tokenizer, reference):
   hf_tokenizer = reference[1]
   assert our_tokenizer.chat_template == tokenizers.HF_CHAT_TEMPLATE
   for messages in (POEM, CHAT):
-    assert tokenizers.encode_chat(our_tokenizer, messages) == _reference_chat_ids(hf_tokenizer,
+    assert chat_render.encode_chat(our_tokenizer, messages) == _reference_chat_ids(hf_tokenizer,
                                                                                  messages)
-  assert tokenizers.render_tokenizer_chat(our_tokenizer, CAPITAL).startswith(
+  assert chat_render.render_tokenizer_chat(our_tokenizer, CAPITAL).startswith(
       "<|im_start|>system\nYou are a helpful AI assistant named SmolLM")
 
 

@@ -19,6 +19,7 @@ from tokenizers import decoders, models, pre_tokenizers
 
 import agpo_jax.tasks as tasks
 from agpo_jax import configs
+from agpo_jax import chat_render
 from agpo_jax import tokenizers as tok_lib
 from agpo_jax.tasks import (
     CountdownTask,
@@ -109,7 +110,7 @@ def test_math_task_builds_from_its_name(name, chatml_tokenizer):
     for problem in batch:
       ids = encode_prompt(chatml_tokenizer, problem)
       assert ids and all(isinstance(i, int) and 0 <= i < chatml_tokenizer.vocab_size for i in ids)
-      rendered = tok_lib.render_chat("qwen", problem.messages)
+      rendered = chat_render.render_chat("qwen", problem.messages)
       assert chatml_tokenizer.decode(ids, skip_special=False) == rendered, split
       assert ids.count(chatml_tokenizer.token_to_id("<|im_start|>")) == 3  # system, user, gen
       assert rendered.count(MATH_INSTRUCTION) == 1
@@ -240,7 +241,7 @@ def test_arithmetic_split_is_by_problem_and_seeded(chatml_tokenizer):
   problem = heldout[0]
   assert problem.messages == [{"role": "user",
                                "content": f"{problem.prompt}\n\n{MATH_INSTRUCTION}"}]
-  assert encode_prompt(chatml_tokenizer, problem) == tok_lib.encode_chat(
+  assert encode_prompt(chatml_tokenizer, problem) == chat_render.encode_chat(
       chatml_tokenizer, problem.messages)
   with pytest.raises(ValueError, match=r"split 'train2' \(config\.eval\.split\)"):
     task.split("train2")

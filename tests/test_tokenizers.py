@@ -16,6 +16,7 @@ from tokenizers import Tokenizer as HFRawTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from agpo_jax import defaults
+from agpo_jax import chat_render
 from agpo_jax import tokenizers as tok_lib
 
 _WORDS = "the cat sat on a mat with one two three four five six seven apples and pears".split()
@@ -175,7 +176,7 @@ def test_render_qwen_golden():
       "<|im_start|>user\nAnd 3+3?<|im_end|>\n"
       "<|im_start|>assistant\n"
   )
-  assert tok_lib.render_chat("qwen", _CHAT) == expected
+  assert chat_render.render_chat("qwen", _CHAT) == expected
 
 
 def test_render_qwen_inserts_default_system_prompt():
@@ -185,7 +186,7 @@ def test_render_qwen_inserts_default_system_prompt():
       "<|im_start|>user\nHi<|im_end|>\n"
   )
   messages = [{"role": "user", "content": "Hi"}]
-  assert tok_lib.render_chat("qwen", messages, add_generation_prompt=False) == expected
+  assert chat_render.render_chat("qwen", messages, add_generation_prompt=False) == expected
 
 
 def test_render_llama3_golden():
@@ -197,25 +198,25 @@ def test_render_llama3_golden():
       "<|start_header_id|>user<|end_header_id|>\n\nAnd 3+3?<|eot_id|>"
       "<|start_header_id|>assistant<|end_header_id|>\n\n"
   )
-  assert tok_lib.render_chat("llama3", _CHAT) == expected
+  assert chat_render.render_chat("llama3", _CHAT) == expected
   # Llama-3 trims each content and writes no default system turn.
   padded = [{"role": "user", "content": "  Hi \n"}]
-  assert tok_lib.render_chat("llama3", padded, add_generation_prompt=False) == (
+  assert chat_render.render_chat("llama3", padded, add_generation_prompt=False) == (
       "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
   )
 
 
 def test_render_plain_golden():
   expected = "Be brief.\n\nWhat is 2+2?\n\n4\n\nAnd 3+3?"
-  assert tok_lib.render_chat("plain", _CHAT) == expected
-  assert tok_lib.render_chat("plain", [{"role": "user", "content": "37*42="}]) == "37*42="
+  assert chat_render.render_chat("plain", _CHAT) == expected
+  assert chat_render.render_chat("plain", [{"role": "user", "content": "37*42="}]) == "37*42="
 
 
 def test_render_rejects_unknown_template_and_role():
   with pytest.raises(ValueError, match="'chatml'.*qwen, llama3, plain"):
-    tok_lib.render_chat("chatml", _CHAT)
+    chat_render.render_chat("chatml", _CHAT)
   with pytest.raises(ValueError, match="'tool'"):
-    tok_lib.render_chat("qwen", [{"role": "tool", "content": "x"}])
+    chat_render.render_chat("qwen", [{"role": "tool", "content": "x"}])
 
 
 def test_explicit_template_needs_its_markers():
@@ -253,11 +254,11 @@ def test_sentencepiece_round_trip(sp_model_path, text):
 
 def test_sentencepiece_encode_chat(sp_model_path):
   tok = tok_lib.SentencePieceTokenizer(sp_model_path)
-  ids = tok_lib.encode_chat(tok, _CHAT)
+  ids = chat_render.encode_chat(tok, _CHAT)
   im_start, im_end = tok.token_to_id("<|im_start|>"), tok.token_to_id("<|im_end|>")
   assert ids[0] == tok.bos_id
   assert ids.count(im_start) == 5 and ids.count(im_end) == 4
-  assert tok.decode(ids, skip_special=False) == "<s>" + tok_lib.render_chat("qwen", _CHAT)
+  assert tok.decode(ids, skip_special=False) == "<s>" + chat_render.render_chat("qwen", _CHAT)
   # skip_special drops the chat markers as well as bos.
   assert "<|im_start|>" not in tok.decode(ids) and "What is 2+2?" in tok.decode(ids)
 
@@ -297,7 +298,7 @@ def test_hf_encode_chat_places_im_start(qwen_dir):
   tok = tok_lib.HFTokenizer(qwen_dir)
   im_start, im_end = tok.token_to_id("<|im_start|>"), tok.token_to_id("<|im_end|>")
   messages = [{"role": "user", "content": "What is 2+2?"}]
-  ids = tok_lib.encode_chat(tok, messages)
+  ids = chat_render.encode_chat(tok, messages)
   system = tok.encode("system\n" + tok_lib.QWEN_DEFAULT_SYSTEM_PROMPT)
   user = tok.encode("user\nWhat is 2+2?")
   newline, assistant = tok.encode("\n"), tok.encode("assistant\n")
@@ -316,7 +317,7 @@ def test_hf_llama3_bos_once_and_stop_ids(llama3_dir):
   assert (tok.bos_id, tok.eos_id, tok.pad_id) == (bos, eot, eot)  # no pad token: pad = eos
   assert tok.stop_ids == (eot, end_of_text, eom)  # generation_config's eos ids all stop
   assert tok.encode("the cat", add_bos=True)[0] == bos
-  ids = tok_lib.encode_chat(tok, [{"role": "user", "content": "the cat"}])
+  ids = chat_render.encode_chat(tok, [{"role": "user", "content": "the cat"}])
   assert ids[0] == bos and ids.count(bos) == 1
   assert ids[1] == tok.token_to_id("<|start_header_id|>")
   assert ids[-1] != eot  # ends with the generation prompt, open for the assistant

@@ -13,7 +13,8 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from agpo_jax.tokenizers import CHAT_ROLES, Tokenizer, encode_chat
+from agpo_jax.chat_render import encode_chat
+from agpo_jax.tokenizers import CHAT_ROLES, Tokenizer
 from agpo_jax.verifiers.grades import REFERENCE_KINDS, Reference
 
 
