@@ -5,9 +5,10 @@
     python -m agpo_jax.main --config=configs/relevance.py --workdir=runs/rel --config.mode=distill
 
 1. `pipeline` trains annotators: a warm start on gold-labelled synthetic pairs (the testbed
-   decoder with a character tokenizer), then GRPO and AGPO from it against the gold labels
-   (reward 1 for the gold label; `task.partial_credit` one grade away), and evaluates each on
-   the held-out pairs.
+   decoder, a character tokenizer with the catalogue's words as tokens; the demonstration is a
+   short reason then the label), then GRPO and AGPO from it against the gold labels (reward 1
+   for the gold label; `task.partial_credit` one grade away), and evaluates each on the
+   held-out pairs.
 2. `annotate` labels the unlabeled pool with each annotator (majority of `annotate.n` samples)
    and scores the labels against the pool's hidden gold: accuracy, macro-F1, per-class F1.
 3. `distill` trains a hashed n-gram student on each annotator's labels (and on gold) and scores
@@ -28,11 +29,16 @@ def get_config():
   config.task = relevance_config()
   config.tokenizer.alphabet = RelevanceTask.alphabet
   # The catalogue's words as single tokens (other words are spelled): a prompt is about 27
-  # tokens instead of 81 characters, and the label is its first answer token.
+  # tokens instead of 81 characters, a label one to three.
   config.tokenizer.words = RelevanceTask.words
   config.model.max_seq_len = 128  # prompts up to about 40 tokens (more for spelled words)
   config.verifier.kind = "relevance"
-  config.sampling.max_new_tokens = 8  # 'partially relevant' is 3 tokens; 'reason' answers ~12
+  # The annotator states a short reason, then the label ('colour differs so partially
+  # relevant'): at the same warm start, majority-vote accuracy 83.7 vs 82.5 and macro-F1 73.2
+  # vs 70.4 on the pool, and RL then raises macro-F1 (76.0 / 75.0) where, answering with the
+  # bare label, it lowered it (65.9 / 64.5) by giving up the rarest class (seed 0).
+  config.task.answer_format = "reason"
+  config.sampling.max_new_tokens = 24  # reason + label: up to about 21 tokens
   config.task.num_train = 20000  # synthetic pairs are free: 1,500 x 64 demonstrations ~ 5 epochs
   # Warm start: 1,500 steps, with default.py's label smoothing 0.1 (the annotator keeps some
   # probability on the other labels, so its majority vote beats a sample and RL has something
