@@ -13,7 +13,7 @@ annotation samples and the students, not the warm start (`--own_base`: each seed
 own, so seeds vary everything); the pairs are the same. Each step runs in a subprocess and is
 skipped when its results exist, so an interrupted study resumes.
 
-Outputs in `--out` (default `experiments/results/`): `relevance_table.md` (mean and 95%
+Outputs in `--out` (default `experiments/results/relevance/`): `relevance_table.md` (mean and 95%
 t-interval over seeds of accuracy, macro-F1 and each class's F1, for annotators and students),
 `relevance_results.json` (every seed's numbers) and `relevance_f1.png`.
 """
@@ -134,7 +134,7 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--workdir", default="runs/relevance_study")
   parser.add_argument("--seeds", default="0,1,2")
-  parser.add_argument("--out", default=str(ROOT / "experiments" / "results"))
+  parser.add_argument("--out", default=str(ROOT / "experiments" / "results" / "relevance"))
   parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                       help="an override for every run, e.g. --set train.steps=30")
   parser.add_argument("--own_base", action="store_true",
