@@ -1,6 +1,8 @@
 """The boundary study: does RL raise pass@1 and lower pass@256, method by method?
 
-    python -m experiments.boundary_study --workdir=runs/boundary --out=experiments/results
+    python -m experiments.boundary_study --workdir=runs/boundary       # multiplication
+    python -m experiments.boundary_study --config=configs/countdown.py \
+        --workdir=runs/boundary_countdown
 
 Every arm (GRPO, PSR, NSR, W-REINFORCE, AGPO and the AGPO variants in `ARMS`) is trained for
 the same number of RL steps from ONE shared SFT base (experiments/sweep.py's shared base, in
@@ -17,10 +19,11 @@ the same number of RL steps from ONE shared SFT base (experiments/sweep.py's sha
   problems (7100: all) with N samples each, base vs each arm's
   seed-0 run (`mode=evaluate`, `eval.split=train`).
 
-Outputs in `--out`: `boundary_table.md`, `boundary_results.json` (compact: no per-problem data
-beyond lost / gained counts), `passk_main.png`, `passk_delta.png`, `passk_agpo.png`,
-`boundary_main.png`, `frontier.png`, `frontier_agpo.png`, `frontier_lr.png`. `--analyze_only` skips training and
-only rebuilds them from the run dirs.
+Outputs in `--out` (default `experiments/results/boundary_<config stem>`): `boundary_table.md`,
+`boundary_results.json` (compact: no per-problem data beyond lost / gained counts),
+`passk_main.png`, `passk_delta.png`, `passk_agpo.png`, `boundary_main.png`, `frontier.png`,
+`frontier_agpo.png`, `frontier_lr.png`. `--analyze_only` skips training and only rebuilds them
+from the run dirs.
 """
 
 from __future__ import annotations
@@ -498,7 +501,8 @@ def main(argv: list[str] | None = None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--config", default="configs/default.py")
   parser.add_argument("--workdir", required=True, type=pathlib.Path)
-  parser.add_argument("--out", default=pathlib.Path("experiments/results"), type=pathlib.Path)
+  parser.add_argument("--out", default=None, type=pathlib.Path,
+                      help="default: experiments/results/boundary_<config file stem>")
   parser.add_argument("--seeds", default="0,1,2")
   parser.add_argument("--arms", default=",".join(a.label for a in ARMS),
                       help="comma-separated labels from ARMS")
@@ -513,6 +517,8 @@ def main(argv: list[str] | None = None) -> dict:
   parser.add_argument("--bootstrap", type=int, default=1000, help="resamples (0: no CIs)")
   parser.add_argument("--analyze_only", action="store_true")
   args = parser.parse_args(argv)
+  if args.out is None:
+    args.out = pathlib.Path("experiments/results") / f"boundary_{pathlib.Path(args.config).stem}"
 
   fixed = {**STUDY_SETTINGS, **dict(item.partition("=")[::2] for item in args.set)}
   by_label = {a.label: a for a in ARMS}
