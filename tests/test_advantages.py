@@ -423,7 +423,8 @@ def test_algo_defaults_hold_every_documented_constant():
   cfg = algo_config()
   assert cfg.name == "agpo" and cfg.eps == 1e-6 and cfg.correct_threshold == 0.5
   assert cfg.agpo.to_dict() == dict(
-    variant="reference", delta=0.1, r_neg=-1.0, lambda_pos=1.0, max_pos=10.0
+    variant="reference", delta=0.1, r_neg=-1.0, lambda_pos=1.0, max_pos=10.0,
+    mask_shared_tokens=False,
   )
   assert cfg.w_reinforce.lambda_pos == 0.1
   assert cfg.a_grae.alpha == 1.0

@@ -25,10 +25,6 @@ from agpo_jax.models import transformer  # noqa: E402
 from agpo_jax.sampling import Sampler, SamplingParams  # noqa: E402
 from agpo_jax.sharding import rules  # noqa: E402
 
-# Every test of this module on one xdist worker (`--dist loadgroup`): its expensive
-# module-level set-up then runs once, not once per worker.
-pytestmark = pytest.mark.xdist_group("test_gguf")
-
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 POEM = [{"role": "user", "content": "Write a short poem about the sea."}]
 CAPITAL = [{"role": "user", "content": "What is the capital of France?"}]

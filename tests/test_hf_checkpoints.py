@@ -30,10 +30,6 @@ from safetensors.numpy import load_file, save_file  # noqa: E402
 from agpo_jax import sampling  # noqa: E402
 from agpo_jax.models import hf, transformer  # noqa: E402
 
-# Every test of this module on one xdist worker (`--dist loadgroup`): its expensive
-# module-level set-up then runs once, not once per worker.
-pytestmark = pytest.mark.xdist_group("test_hf_checkpoints")
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOCAB, D, LAYERS, HEADS, KV_HEADS, MLP = 300, 64, 2, 4, 2, 128
 LOGIT_ATOL = 1e-4

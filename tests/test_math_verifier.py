@@ -19,10 +19,6 @@ from agpo_jax.verifiers import (
 )
 from agpo_jax.verifiers.labels import grade_label, grade_string
 
-# Every test of this module on one xdist worker (`--dist loadgroup`): its expensive
-# module-level set-up then runs once, not once per worker.
-pytestmark = pytest.mark.xdist_group("test_math_verifier")
-
 EXCEPTIONS = json.loads(
     (pathlib.Path(__file__).parent / "data" / "verifier_exceptions.json").read_text()
 )["exceptions"]

@@ -28,10 +28,6 @@ from agpo_jax.configs import load_config_file
 from agpo_jax.models import transformer
 from agpo_jax.models.config import PRESETS, ModelConfig
 
-# Every test of this module on one xdist worker (`--dist loadgroup`): its expensive
-# module-level set-up then runs once, not once per worker.
-pytestmark = pytest.mark.xdist_group("test_memory_plan")
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MESHES = ((8, 1, 1), (1, 8, 1), (1, 1, 8), (2, 2, 2))
 ONE = dict(data=1, fsdp=1, tensor=1)

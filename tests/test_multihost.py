@@ -30,10 +30,6 @@ WORKER = REPO / "tests" / "multihost_worker.py"
 sys.path.insert(0, str(REPO / "tests"))
 import multihost_worker  # noqa: E402
 
-# Every test of this module on one xdist worker (`--dist loadgroup`): its expensive
-# module-level set-up then runs once, not once per worker.
-pytestmark = pytest.mark.xdist_group("test_multihost")
-
 
 def _free_port() -> int:
   with socket.socket() as s:

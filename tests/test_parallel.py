@@ -20,10 +20,6 @@ from agpo_jax.models import config as model_config
 from agpo_jax.models import transformer
 from agpo_jax.sharding import multihost, rules
 
-# Every test of this module on one xdist worker (`--dist loadgroup`): its expensive
-# module-level set-up then runs once, not once per worker.
-pytestmark = pytest.mark.xdist_group("test_parallel")
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MESHES = ((8, 1, 1), (1, 8, 1), (1, 1, 8), (2, 2, 2))
 RTOL, ATOL = 1e-5, 1e-6  # sharded vs single-device: only reduction order differs
