@@ -12,7 +12,8 @@ def _config():
   cfg = configs.load_config_file(str(ROOT / "configs" / "relevance.py"))
   cfg.model.num_layers = 1
   cfg.arms = "agpo"
-  cfg.task.update(dict(num_train=64, num_heldout=24, num_unlabeled=20))
+  cfg.task.update(dict(num_train=64, num_heldout=24, num_unlabeled=20, answer_format="label"))
+  cfg.sampling.max_new_tokens = 4  # a label is at most 3 tokens
   cfg.sft.steps, cfg.sft.batch_size = 3, 16
   cfg.train.steps, cfg.train.batch_prompts = 1, 4
   cfg.train.balance_labels = True
