@@ -40,6 +40,7 @@ from matplotlib.figure import Figure
 
 from agpo_jax.evaluation import boundary, counts, plots
 from agpo_jax.evaluation.passk import pass_at_k_array
+from agpo_jax.tasks import make_task, task_config
 from experiments import sweep
 
 # The study's settings on top of the task's config (configs/default.py or configs/countdown.py,
@@ -393,10 +394,10 @@ def frontier_base_point(workdir: pathlib.Path, problems: int, k_high: int,
   if path is None or not problems:
     return None
   config = json.loads((workdir / "base" / "config.json").read_text())
-  from agpo_jax.tasks.testbed import MultiplicationTask, testbed_config
-  task_cfg = testbed_config()
-  task_cfg.update({k: v for k, v in config.get("task", {}).items() if k in task_cfg})
-  ids = [p.id for p in MultiplicationTask(task_cfg).split(split)[:problems]]
+  saved = config.get("task", {})
+  task_cfg = task_config(saved.get("name", "multiplication"))  # the task's defaults, then the run's
+  task_cfg.update({k: v for k, v in saved.items() if k in task_cfg})
+  ids = [p.id for p in make_task(task_cfg).split(split)[:problems]]
   records = counts.read_counts(path)
   return (float(per_problem_pass(records, ids, 1).mean()),
           float(per_problem_pass(records, ids, k_high).mean()))
@@ -418,7 +419,8 @@ def write_outputs(result: dict, out: pathlib.Path, workdir: pathlib.Path | None 
             "bootstrap CI over problems of the seed-mean per-problem difference. lost: problems "
             f"the base solves at least once in n = {result['n']} and the trained model never; "
             "gained: the reverse (mean ± std over seeds).", "",
-            "## Against GRPO (each arm's seed mean minus GRPO's seed mean; paired bootstrap over problems)", "",
+            "## Against GRPO (each arm's seed mean minus GRPO's seed mean; paired bootstrap "
+            "over problems)", "",
             vs_grpo_table(result), "",
             "## Per run (each with its own paired bootstrap CI vs the base)", "",
             per_run_table(result), ""]

@@ -152,3 +152,18 @@ def test_base_row_covers_only_the_problems_the_runs_evaluated(tmp_path):
   assert half["num_problems"] == 2
   assert half["base"]["pass@k"][1] == pytest.approx((1 + 0.25) / 2)
   assert half["arms"]["grpo"]["pass@k"][1][0] == pytest.approx(0.5)  # [4, 0] of 4
+
+
+def test_frontier_base_point_reads_the_base_task_countdown_too(tmp_path):
+  from agpo_jax.tasks import make_task, task_config  # noqa: PLC0415
+  cfg = task_config("countdown")
+  cfg.update(dict(num_train=50, num_heldout=6))
+  (tmp_path / "base").mkdir()
+  (tmp_path / "base" / "config.json").write_text(json.dumps({"task": cfg.to_dict()}))
+  ids = [p.id for p in make_task(cfg).split("heldout")]
+  # The first 2 held-out problems: solved 4/4 and 0/4; the rest 2/4 (left out of the point).
+  records = [counts.make_record(i, [1] * c + [0] * (4 - c))
+             for i, c in zip(ids, [4, 0, 2, 2, 2, 2])]
+  counts.write_counts(tmp_path / "base" / "eval" / "base_heldout_n4_t1.0_p1.0_s1234.jsonl"
+                      if (tmp_path / "base" / "eval").mkdir() is None else None, records)
+  assert study.frontier_base_point(tmp_path, problems=2, k_high=4) == (0.5, 0.5)
