@@ -61,6 +61,19 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from agpo_jax import checkpoint_digests as digest_lib
+from agpo_jax.checkpoint_trees import (  # noqa: F401 (key_to_data, data_to_key: re-exported)
+    data_to_key,
+    key_to_data,
+    paths_and_leaves as _paths_and_leaves,
+    is_placeholder as _is_placeholder,
+    with_dtype as _with_dtype,
+    cast_like as _cast_like,
+    check_no_typed_keys as _check_no_typed_keys,
+    abstract_leaf as _abstract_leaf,
+    shapes_by_path as _shapes_by_path,
+    as_json as _as_json,
+    dict_differences as _dict_differences,
+)
 from absl import logging
 from jax.experimental import multihost_utils
 
@@ -518,16 +531,6 @@ class Checkpointer:
     return os.path.join(self.directory, str(step))
 
 
-def key_to_data(key: jax.Array) -> jax.Array:
-  """The raw `uint32` data of a typed PRNG key (array), for saving in a checkpoint."""
-  return jax.random.key_data(key)
-
-
-def data_to_key(data: jax.Array, impl: str) -> jax.Array:
-  """The typed PRNG key of implementation `impl` (e.g. "threefry2x32") back from its data."""
-  return jax.random.wrap_key_data(data, impl=impl)
-
-
 def _record_arrays(record: dict, where: str) -> dict[str, dict]:
   arrays = record.get("arrays")
   if record.get("version") != _INTEGRITY_VERSION or not isinstance(arrays, dict) or not all(
@@ -554,37 +557,6 @@ def _all_processes_agree(ok: bool) -> bool:
   return bool(np.all(multihost_utils.process_allgather(np.asarray([ok], np.int32))))
 
 
-# -- trees ---------------------------------------------------------------------------------------
-
-
-def _paths_and_leaves(tree: PyTree) -> tuple[list[str], list[Any]]:
-  leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_placeholder)[0]
-  return [_path_name(path) for path, _ in leaves], [leaf for _, leaf in leaves]
-
-
-def _path_name(path) -> str:
-  return jax.tree_util.keystr(path, simple=True, separator=".")
-
-
-def _is_placeholder(x: Any) -> bool:
-  return x is ocp.PLACEHOLDER
-
-
-def _with_dtype(leaf: Any, dtype: str) -> Any:
-  if isinstance(leaf, jax.ShapeDtypeStruct):
-    return jax.ShapeDtypeStruct(leaf.shape, np.dtype(dtype), sharding=leaf.sharding)
-  if isinstance(leaf, np.ndarray):
-    return np.zeros(leaf.shape, np.dtype(dtype))
-  return leaf
-
-
-def _cast_like(restored: Any, target: Any) -> Any:
-  dtype = getattr(target, "dtype", None)
-  if dtype is None or restored.dtype == dtype:
-    return restored
-  return restored.astype(dtype)
-
-
 def _error_summary(error: BaseException) -> str:
   """One line for a (tensorstore, JSON, OS) error: the file it names and the root cause."""
   messages = []
@@ -608,49 +580,3 @@ def _error_summary(error: BaseException) -> str:
   return summary[:400]
 
 
-def _check_no_typed_keys(state: PyTree) -> None:
-  for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
-    dtype = getattr(leaf, "dtype", None)
-    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
-      raise TypeError(f"state{jax.tree_util.keystr(path)} is a typed PRNG key; save "
-                      "checkpointing.key_to_data(key) and restore with data_to_key(data, impl)")
-
-
-def _abstract_leaf(leaf: Any) -> Any:
-  """jax.Array -> ShapeDtypeStruct with its sharding; anything else is orbax's to interpret."""
-  if isinstance(leaf, jax.Array):
-    return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=leaf.sharding)
-  return leaf
-
-
-def _shapes_by_path(tree: PyTree) -> dict[str, tuple[int, ...]]:
-  # Orbax's metadata tree stores namedtuples as dicts and tuples as lists; a dotted path of
-  # names and indices reads the same in both trees.
-  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return {jax.tree_util.keystr(path, simple=True, separator="."): _shape(leaf)
-          for path, leaf in leaves}
-
-
-def _shape(leaf: Any) -> tuple[int, ...]:
-  return tuple(leaf.shape) if hasattr(leaf, "shape") else np.shape(leaf)
-
-
-def _as_json(value: Any) -> Any:
-  """`value` as it reads back from JSON (tuples become lists), for comparing with meta."""
-  return json.loads(json.dumps(value))
-
-
-def _dict_differences(saved: Any, expected: Any, prefix: str = "") -> list[str]:
-  """`"field saved != expected"` for every differing leaf of two nested dicts."""
-  if not (isinstance(saved, dict) and isinstance(expected, dict)):
-    return [] if saved == expected else [f"{prefix or 'model'} {saved!r} != {expected!r}"]
-  differences = []
-  for key in sorted(saved.keys() | expected.keys()):
-    name = f"{prefix}.{key}" if prefix else str(key)
-    if key not in saved:
-      differences.append(f"{name} <missing> != {expected[key]!r}")
-    elif key not in expected:
-      differences.append(f"{name} {saved[key]!r} != <missing>")
-    else:
-      differences.extend(_dict_differences(saved[key], expected[key], name))
-  return differences

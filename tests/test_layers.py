@@ -3,7 +3,7 @@
 Layers, lowest first (a module may import from its own layer or lower ones):
 
   0  base        configs, algorithms, verifiers, checkpointing, metrics, tokenizers,
-                chat_template, chat_render, checkpoint_digests
+                chat_template, chat_render, checkpoint_digests, checkpoint_trees
   1  models      the model config and the Flax transformer
   2  sharding    the mesh and its rules, multi-host helpers
   3  sampling    the jitted sampler; tasks (problems, the testbed, the math benchmarks);
@@ -29,7 +29,7 @@ LAYERS = (
     ("agpo_jax.configs", "agpo_jax.config_specs", "agpo_jax.chat_template",
      "agpo_jax.algorithms", "agpo_jax.verifiers", "agpo_jax.checkpointing",
      "agpo_jax.checkpoint_digests", "agpo_jax.metrics", "agpo_jax.tokenizers",
-     "agpo_jax.chat_render"),
+     "agpo_jax.chat_render", "agpo_jax.checkpoint_trees"),
     ("agpo_jax.models",),
     ("agpo_jax.sharding",),
     ("agpo_jax.sampling", "agpo_jax.tasks", "agpo_jax.pretrained"),
