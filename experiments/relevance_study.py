@@ -33,12 +33,10 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = "configs/relevance.py"
 
 
-def run_seed(workdir: pathlib.Path, seed: int, fixed: dict[str, str],
-             shared_base: bool = True) -> pathlib.Path:
-  """Pipeline, annotate and distill for one seed (each skipped when already done)."""
+def run_seed(workdir: pathlib.Path, seed: int, fixed: dict[str, str]) -> pathlib.Path:
+  """Pipeline, annotate and distill for one seed (each skipped when already done; a shared
+  warm start is copied in beforehand by `main`)."""
   run_dir = workdir / f"seed{seed}"
-  if shared_base:
-    sweep.prepare_shared_base(CONFIG, workdir, fixed, run_dir)
   run_dir.mkdir(parents=True, exist_ok=True)
   overrides = {"seed": str(seed), **fixed}
   steps = [("pipeline", run_dir / "results.json"), ("annotate", run_dir / "annotate" /
@@ -153,8 +151,7 @@ def main() -> None:
       for s in seeds:
         sweep.prepare_shared_base(CONFIG, workdir, fixed, workdir / f"seed{s}")
     with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:  # subprocesses do the work
-      run_dirs = list(pool.map(
-          lambda s: run_seed(workdir, s, fixed, shared_base=not args.own_base), seeds))
+      run_dirs = list(pool.map(lambda s: run_seed(workdir, s, fixed), seeds))
   results = collect(run_dirs)
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
