@@ -126,6 +126,9 @@ def sampling_config() -> ConfigDict:
       # Generate calls per rollout batch: each call holds the KV cache of 1/rollout_chunks of
       # the batch (the memory plan says how many a model and mesh need).
       rollout_chunks=1,
+      # Times the decode loop may halve its batch to the rows still running once half of them
+      # have stopped (0: never; same tokens either way; not under a mesh).
+      max_compactions=2,
   ))
 
 

@@ -29,7 +29,7 @@ from agpo_jax.models.config import NON_SHAPE_KEYS, ModelConfig, resolve_model_co
 from agpo_jax.sharding import rules
 
 # `config.model` fields a checkpoint's own architecture does not fix.
-NUMERICS = ("dtype", "param_dtype", "remat", "scan_layers", "max_seq_len")
+NUMERICS = ("dtype", "param_dtype", "remat", "scan_layers", "max_seq_len", "attention")
 
 
 def checkpoint_format(path: str | pathlib.Path) -> str:

@@ -45,6 +45,8 @@ class SamplingParams:
     stop_ids: token ids that end a row (the stop token is part of the output).
     vocab_limit: if > 0, ids >= vocab_limit are never drawn. Real checkpoints pad their
       embedding beyond the tokenizer's ids; those rows must not be sampled.
+    max_compactions: how many times the decode loop may halve its batch to the rows still
+      running (`decode`); 0 never. Tokens are the same either way.
   """
 
   temperature: float = 1.0
@@ -53,6 +55,7 @@ class SamplingParams:
   max_new_tokens: int = 64
   stop_ids: tuple[int, ...] = ()
   vocab_limit: int = 0
+  max_compactions: int = 2
 
   def __post_init__(self):
     if self.temperature < 0:
@@ -120,15 +123,65 @@ def filter_logits(logits: Array, params: SamplingParams) -> Array:
   return logits
 
 
-def sample_tokens(rng: Array, logits: Array, params: SamplingParams) -> tuple[Array, Array]:
-  """Draw one token per row of `logits [N, V]`; returns (tokens [N], sampler log-probs [N])."""
+_CDF_BLOCK = 128  # vocabulary block of the two-level inverse-CDF draw
+
+
+def draw_categorical(uniform: Array, logits: Array) -> Array:
+  """Token ids `[N]` drawn from `softmax(logits [N, V])` by inverting its CDF at `uniform [N]`
+  (numbers in [0, 1), one per row); ids whose logit is -inf are never drawn.
+
+  Two levels (block sums, then one block) so each row needs one uniform number and two short
+  cumulative sums. On one CPU core at 64 x 49,152 logits this takes 17 ms, where
+  `jax.random.categorical` (a Gumbel number per logit, then an argmax) takes 102 ms: a third
+  of a SmolLM2-135M decode step.
+  """
+  n, vocab = logits.shape
+  block = min(_CDF_BLOCK, vocab)
+  padded = -(-vocab // block) * block
+  probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+  probs = jnp.pad(probs, ((0, 0), (0, padded - vocab))).reshape(n, padded // block, block)
+  block_mass = jnp.sum(probs, axis=-1)
+  block_cdf = jnp.cumsum(block_mass, axis=-1)
+  # In (0, total]: a target of 0 would pick a leading zero-probability token.
+  target = (1.0 - uniform.astype(jnp.float32))[:, None] * block_cdf[:, -1:]
+  chosen = jnp.minimum(jnp.sum(block_cdf < target, axis=-1), padded // block - 1)
+  before = (jnp.take_along_axis(block_cdf, chosen[:, None], axis=-1)
+            - jnp.take_along_axis(block_mass, chosen[:, None], axis=-1))
+  inner = jnp.take_along_axis(probs, chosen[:, None, None], axis=1)[:, 0]  # [N, block]
+  within = jnp.sum(jnp.cumsum(inner, axis=-1) + before < target, axis=-1)
+  # Rounding can leave the target above the block's last partial sum: take the block's last
+  # token of positive probability then (the chosen block always has one).
+  last = block - 1 - jnp.argmax(inner[:, ::-1] > 0, axis=-1)
+  within = jnp.where(within >= block, last, within)
+  return (chosen * block + within).astype(jnp.int32)
+
+
+def row_uniforms(rng: Array, row_ids: Array) -> Array:
+  """One uniform number in [0, 1) per row, from `rng` and the row's id alone: a row draws the
+  same number whatever the other rows of its batch (what lets the decode loop drop finished
+  rows and keep every other row's tokens)."""
+  # Counter-based threefry from the key's first two words whatever the key's own kind: an
+  # `rbg` key's vmapped draws depend on the batch they are drawn in.
+  base = jax.random.wrap_key_data(jax.random.key_data(rng).reshape(-1)[:2].astype(jnp.uint32),
+                                  impl="threefry2x32")
+  return jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(base, i)))(row_ids)
+
+
+def sample_tokens(rng: Array, logits: Array, params: SamplingParams,
+                  row_ids: Array | None = None) -> tuple[Array, Array]:
+  """Draw one token per row of `logits [N, V]`; returns (tokens [N], sampler log-probs [N]).
+
+  `row_ids [N]` (default `arange(N)`) key each row's draw: see `row_uniforms`.
+  """
   if params.temperature == 0.0:
     if 0 < params.vocab_limit < logits.shape[-1]:
       logits = logits[..., :params.vocab_limit]
     tokens = jnp.argmax(logits, axis=-1)
     scaled = logits
   else:
-    tokens = jax.random.categorical(rng, filter_logits(logits, params), axis=-1)
+    if row_ids is None:
+      row_ids = jnp.arange(logits.shape[0], dtype=jnp.int32)
+    tokens = draw_categorical(row_uniforms(rng, row_ids), filter_logits(logits, params))
     scaled = logits.astype(jnp.float32) / params.temperature
   logprobs = jnp.take_along_axis(jax.nn.log_softmax(scaled, axis=-1), tokens[:, None], axis=-1)
   return tokens.astype(jnp.int32), logprobs[:, 0]
@@ -148,8 +201,9 @@ def prefill(model_cfg: ModelConfig, rows_sharding: Any, num_samples: int, cache_
   """
   cache = transformer.KVCache.zeros(model_cfg, tokens.shape[0], cache_len)
   positions = transformer.positions_from_mask(input_mask)
-  hidden, cache = transformer.forward(model_cfg, params, tokens, positions, input_mask, cache,
-                                      return_hidden=True, rows_sharding=rows_sharding)
+  hidden, cache = transformer.forward_cached(model_cfg, params, tokens, positions, input_mask,
+                                             cache, return_hidden=True,
+                                             rows_sharding=rows_sharding, fresh=True)
   # Only the last column is needed: projecting [B, P, V] would dominate prefill for big vocabs.
   logits = transformer.logits_from_hidden(model_cfg, params, hidden[:, -1])
   prompt_lens = jnp.sum(input_mask, axis=-1, dtype=jnp.int32)
@@ -157,43 +211,91 @@ def prefill(model_cfg: ModelConfig, rows_sharding: Any, num_samples: int, cache_
           jnp.repeat(prompt_lens, num_samples))
 
 
+def compaction_sizes(rows: int, max_compactions: int) -> list[int]:
+  """Batch sizes of the decode loop's phases: `rows`, then halves while they stay whole (at
+  most `max_compactions` halvings)."""
+  sizes = [rows]
+  while len(sizes) <= max_compactions and sizes[-1] % 2 == 0 and sizes[-1] >= 4:
+    sizes.append(sizes[-1] // 2)
+  return sizes
+
+
 def decode(model_cfg: ModelConfig, rows_sharding: Any, params_s: SamplingParams, pad_id: int,
            params: Any, cache: transformer.KVCache, logits: Array, prompt_lens: Array,
-           rng: Array) -> tuple[Rollout, transformer.KVCache]:
+           rng: Array, row_limits: Array | None = None) -> tuple[Rollout, transformer.KVCache]:
   """Sample until every row has stopped or `max_new_tokens` is reached (`lax.while_loop`).
 
-  Returns the rollout and the final cache: returning the cache lets XLA alias the donated input
-  cache to it, so decoding updates one cache buffer in place.
+  `row_limits [N]` (optional) stops row i after `row_limits[i]` tokens as if it had drawn a
+  stop token (`benchmarks/bench_peers.py` imposes a length distribution with it).
+
+  Compaction: once at most half the rows of the batch are still running, the running rows
+  (and their caches) are gathered into a batch of half the size and decoding goes on there,
+  at most `params_s.max_compactions` times (not under a mesh, where rows live on different
+  devices). A long-tailed batch then stops paying for its finished rows. Each row draws its
+  tokens from its own key (`row_uniforms`), so compaction changes no row's tokens.
+
+  Returns the rollout and the cache of the first phase: returning it lets XLA alias the
+  donated input cache to it, so the first phase updates one cache buffer in place.
   """
   n = logits.shape[0]
   budget = params_s.max_new_tokens
+  if rows_sharding is None:  # one device: unstack the block weights once, outside the loop
+    params = transformer.unstack_layers(model_cfg, params)
   stop_ids = jnp.asarray(params_s.stop_ids or (-1,), jnp.int32)
+  sizes = [n] if rows_sharding is not None else compaction_sizes(n, params_s.max_compactions)
 
-  def cond(state):
-    step, _, _, _, _, done, _ = state
-    return (step < budget) & ~jnp.all(done)
+  def run_phase(state, last):
+    """Decode `state`'s rows until done, or (unless `last`) until half of them are."""
 
-  def body(state):
-    step, cache, logits, tokens, logprobs, done, lengths = state
-    token, logprob = sample_tokens(jax.random.fold_in(rng, step), logits, params_s)
-    token = jnp.where(done, pad_id, token)
-    logprob = jnp.where(done, 0.0, logprob)
-    tokens = tokens.at[:, step].set(token)
-    logprobs = logprobs.at[:, step].set(logprob)
-    lengths = lengths + (~done).astype(jnp.int32)
-    done = done | jnp.isin(token, stop_ids)
-    positions = (prompt_lens + step)[:, None]
-    step_logits, cache = transformer.forward(model_cfg, params, token[:, None], positions,
-                                             jnp.ones((n, 1), bool), cache,
-                                             rows_sharding=rows_sharding)
-    return step + 1, cache, step_logits[:, 0], tokens, logprobs, done, lengths
+    def cond(st):
+      step, _, _, _, done, _ = st
+      go = (step < budget) & ~jnp.all(done)
+      if not last:
+        go &= jnp.sum(~done) > done.shape[0] // 2
+      return go
 
-  init = (jnp.zeros((), jnp.int32), cache, logits, jnp.full((n, budget), pad_id, jnp.int32),
-          jnp.zeros((n, budget), jnp.float32), jnp.zeros((n,), bool), jnp.zeros((n,), jnp.int32))
-  _, cache, _, tokens, logprobs, done, lengths = jax.lax.while_loop(cond, body, init)
-  rollout = Rollout(tokens=tokens, logprobs=logprobs, lengths=lengths, truncated=~done,
+    def body(st):
+      step, cache, logits, row_ids, done, out = st
+      tokens, logprobs, lengths, stopped = out
+      token, logprob = sample_tokens(jax.random.fold_in(rng, step), logits, params_s, row_ids)
+      token = jnp.where(done, pad_id, token)
+      logprob = jnp.where(done, 0.0, logprob)
+      # Rows already done write their own pads again; compacted-away rows are not here.
+      tokens = tokens.at[row_ids, step].set(token)
+      logprobs = logprobs.at[row_ids, step].set(logprob)
+      lengths = lengths.at[row_ids].add((~done).astype(jnp.int32))
+      done = done | jnp.isin(token, stop_ids)
+      if row_limits is not None:
+        done = done | (step + 1 >= row_limits[row_ids])
+      stopped = stopped.at[row_ids].set(done)
+      positions = (prompt_lens[row_ids] + step)[:, None]
+      step_logits, cache = transformer.forward(model_cfg, params, token[:, None], positions,
+                                               jnp.ones((done.shape[0], 1), bool), cache,
+                                               rows_sharding=rows_sharding)
+      return (step + 1, cache, step_logits[:, 0], row_ids, done,
+              (tokens, logprobs, lengths, stopped))
+
+    return jax.lax.while_loop(cond, body, state)
+
+  out = (jnp.full((n, budget), pad_id, jnp.int32), jnp.zeros((n, budget), jnp.float32),
+         jnp.zeros((n,), jnp.int32), jnp.zeros((n,), bool))
+  state = (jnp.zeros((), jnp.int32), cache, logits, jnp.arange(n, dtype=jnp.int32),
+           jnp.zeros((n,), bool), out)
+  first_cache = None
+  for i, size in enumerate(sizes):
+    if i:  # gather the running rows (first, in row order) into a batch of `size`
+      step, cache, logits, row_ids, done, out = state
+      keep = jnp.argsort(done, stable=True)[:size]
+      take = lambda x, keep=keep: x[keep]  # noqa: E731
+      state = (step, jax.tree.map(take, cache.replace(index=None)).replace(index=cache.index),
+               logits[keep], row_ids[keep], done[keep], out)
+    state = run_phase(state, last=i == len(sizes) - 1)
+    if i == 0:
+      first_cache = state[1]
+  tokens, logprobs, lengths, stopped = state[5]
+  rollout = Rollout(tokens=tokens, logprobs=logprobs, lengths=lengths, truncated=~stopped,
                     prompt_tokens=None, prompt_mask=None)
-  return rollout, cache
+  return rollout, first_cache
 
 
 def sampling_params(cfg: Any, stop_ids: Sequence[int] = (), vocab_limit: int = 0
@@ -201,7 +303,8 @@ def sampling_params(cfg: Any, stop_ids: Sequence[int] = (), vocab_limit: int = 0
   """`SamplingParams` from a `config.sampling`-like block plus the tokenizer's stop ids."""
   return SamplingParams(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
                         max_new_tokens=cfg.max_new_tokens,
-                        stop_ids=tuple(int(i) for i in stop_ids), vocab_limit=vocab_limit)
+                        stop_ids=tuple(int(i) for i in stop_ids), vocab_limit=vocab_limit,
+                        max_compactions=cfg.get("max_compactions", 2))
 
 
 def decode_completions(tokenizer: Tokenizer, rollout: Rollout) -> list[str]:

@@ -44,7 +44,7 @@ from agpo_jax.config_specs import is_number as _is_number
 from agpo_jax.config_specs import lookup as _lookup
 from agpo_jax.algorithms import advantages, losses
 from agpo_jax.algorithms.defaults import _PRESETS
-from agpo_jax.models.config import DTYPES, PRESETS, ModelConfig
+from agpo_jax.models.config import ATTENTION, DTYPES, PRESETS, ModelConfig
 from agpo_jax.tasks import (MATH_TASK_NAMES, ArithmeticTask, CountdownTask, MultiplicationTask,
                             RelevanceTask, benchmarks, task_names)
 from agpo_jax.train.state import SCHEDULES
@@ -123,6 +123,7 @@ FIELD_SPECS: dict[str, Spec] = {
     "sampling.max_new_tokens": Int(1),
     "sampling.min_prompt_bucket": Int(1),
     "sampling.rollout_chunks": Int(1),
+    "sampling.max_compactions": Int(0, note="0: the decode batch is never compacted"),
     # train (train.steps depends on the mode: `_check_steps`)
     "train.batch_prompts": Int(1),
     "train.num_minibatches": Int(1),
@@ -214,7 +215,8 @@ FIELD_SPECS: dict[str, Spec] = {
 # Keys whose absence is fine: the code reading them has a default, or they are newer than
 # some configs.
 OPTIONAL_KEYS = frozenset({
-    "arms", "tokenizer.words", "train.token_mass_metrics", "train.balance_labels", "algo.agpo.mask_shared_tokens", "sft.label_smoothing",
+    "arms", "tokenizer.words", "train.token_mass_metrics", "train.balance_labels",
+    "algo.agpo.mask_shared_tokens", "sft.label_smoothing", "sampling.max_compactions",
     *(key for key in FIELD_SPECS if key.startswith(("annotate.", "student."))), "sampling.rollout_chunks", "algo.preset",
     "train.spike_factor", "train.spike_warmup",
     "sft.max_consecutive_skips", "sft.spike_factor", "sft.spike_warmup",
@@ -270,6 +272,7 @@ def _check_model(c: _Checker) -> None:
       "rms_eps": Num(0, low_open=True, none_ok=True),
       "param_dtype": Str(DTYPES, none_ok=True),
       "dtype": Str(DTYPES, none_ok=True),
+      "attention": Str(ATTENTION, none_ok=True),
   }
   hints = typing.get_type_hints(ModelConfig)
   generic = {int: Int(none_ok=True), float: Num(none_ok=True), bool: Bool(),

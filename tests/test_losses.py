@@ -23,6 +23,7 @@ from agpo_jax.algorithms.losses import (
   summarize_metrics,
   token_entropy,
   token_logprobs,
+  token_logprobs_and_entropy,
 )
 
 
@@ -403,6 +404,27 @@ def test_token_logprobs_is_a_stable_log_softmax_gather():
   assert (
     token_logprobs(jnp.asarray(logits, jnp.bfloat16), jnp.asarray(targets)).dtype == jnp.float32
   )
+
+
+def test_fused_logprobs_and_entropy_match_the_separate_functions():
+  rng = np.random.default_rng(1)
+  raw = rng.normal(size=(3, 5, 40)) * 4 + 1e4  # a large offset: no cancellation allowed
+  raw[0, 0, :30] = -np.inf  # a masked vocabulary
+  targets = rng.integers(30, 40, size=(3, 5))
+  logits, targets = jnp.asarray(raw, jnp.float32), jnp.asarray(targets)
+  logp, entropy = token_logprobs_and_entropy(logits, targets)
+  exact = np.asarray(logits, np.float64)  # float64 reference, from the float32 inputs
+  shifted = exact - exact.max(-1, keepdims=True)
+  logp64 = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+  np.testing.assert_allclose(logp, np.take_along_axis(logp64, targets[..., None], -1)[..., 0],
+                             atol=1e-5)
+  np.testing.assert_allclose(
+      entropy, -np.sum(np.where(np.isinf(logp64), 0, np.exp(logp64) * logp64), -1), atol=1e-5)
+  logits = logits - 1e4 + 5  # where the separate functions are exact too
+  weights = jnp.asarray(rng.normal(size=(3, 5)), jnp.float32)
+  fused = jax.grad(lambda z: jnp.sum(sum(token_logprobs_and_entropy(z, targets)) * weights))
+  apart = jax.grad(lambda z: jnp.sum((token_logprobs(z, targets) + token_entropy(z)) * weights))
+  np.testing.assert_allclose(fused(logits), apart(logits), atol=1e-5)
 
 
 def test_token_entropy():

@@ -249,10 +249,11 @@ def test_kv_cache_is_created_sharded(shape):
   res = _mesh(shape)
   heads = None if 4 % shape[2] else "tensor"
   rows = ["data", "fsdp"]
-  assert res["cache_specs"] == [[None, rows, heads, None, None],  # k
-                                [None, rows, heads, None, None],  # v
-                                [rows, None],  # valid
-                                []]  # write index
+  per_layer = [[rows, heads, None, None]]  # the subprocess model has one layer
+  assert res["cache_specs"] == (per_layer  # k of each layer, [rows, kv heads, head dim, slot]
+                                + per_layer  # v of each layer, [rows, kv heads, slot, head dim]
+                                + [[rows, None],  # valid
+                                   []])  # write index
 
 
 def test_fsdp_splits_activations_by_rows_like_data_parallelism():
@@ -301,7 +302,7 @@ def test_every_logical_axis_has_a_rule():
                                  qk_norm=True)
   names = {name for spec in transformer.param_logical_axes(cfg).values()
            for name in _flatten_names(spec)}
-  names |= set(transformer.CACHE_AXES) | {"batch", "seq"}
+  names |= set(transformer.K_CACHE_AXES) | {"batch", "seq"}
   assert names <= set(table), names - set(table)
 
 

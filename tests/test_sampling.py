@@ -164,21 +164,24 @@ def test_group_sampling_prefills_once_and_draws_independent_samples(params):
 @pytest.mark.parametrize("scan_layers", [True, False])
 def test_decode_updates_the_kv_cache_in_place(scan_layers):
   """The decode loop writes each token into the donated cache in place: XLA's temporaries of
-  the compiled loop stay well under one cache (measured on XLA:CPU 0.28x-0.31x, one layer's
-  keys and values read out of the 4-layer stack). A layer loop that rebuilt the stacked cache
-  (as the scan's output) held a second cache: 1.07x-1.42x."""
+  the compiled loop stay well under one cache. A layer loop that rebuilt the stacked cache
+  (as the scan's output) held a second cache: 1.07x-1.42x. Compaction adds its half- and
+  quarter-size caches, no more."""
   cfg = dataclasses.replace(CFG, num_layers=4, max_seq_len=256, scan_layers=scan_layers)
   rows, cache_len = 32, 256
-  sp = SamplingParams(temperature=1.0, top_p=0.9, max_new_tokens=192)
   cache = jax.eval_shape(lambda: T.KVCache.zeros(cfg, rows, cache_len))
-  compiled = Sampler(cfg, pad_id=PAD)._decode.lower(
-      sp, PAD, T.abstract_params(cfg), cache,
-      jax.ShapeDtypeStruct((rows, cfg.vocab_size), jnp.float32),
-      jax.ShapeDtypeStruct((rows,), jnp.int32), key(0)).compile()
   cache_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(cache))
-  memory = compiled.memory_analysis()
-  assert memory.alias_size_in_bytes == cache_bytes  # the output cache is the donated input
-  assert memory.temp_size_in_bytes < 0.5 * cache_bytes, (memory.temp_size_in_bytes, cache_bytes)
+  for compactions, bound in ((0, 0.5), (2, 1.0)):
+    sp = SamplingParams(temperature=1.0, top_p=0.9, max_new_tokens=192,
+                        max_compactions=compactions)
+    compiled = Sampler(cfg, pad_id=PAD)._decode.lower(
+        sp, PAD, T.abstract_params(cfg), cache,
+        jax.ShapeDtypeStruct((rows, cfg.vocab_size), jnp.float32),
+        jax.ShapeDtypeStruct((rows,), jnp.int32), key(0)).compile()
+    memory = compiled.memory_analysis()
+    assert memory.alias_size_in_bytes == cache_bytes  # the output cache is the donated input
+    assert memory.temp_size_in_bytes < bound * cache_bytes, (compactions,
+                                                             memory.temp_size_in_bytes)
 
 
 def test_vocab_limit_is_never_sampled():
@@ -198,3 +201,58 @@ def test_prompt_buckets_and_bad_input():
     sampling.left_pad([[1], []], 4, PAD)
   with pytest.raises(ValueError, match="top_p"):
     SamplingParams(top_p=0.0)
+
+
+def test_compaction_keeps_every_rows_tokens(params):
+  """A long-tailed batch (half the rows stop after 2 of 16 tokens, some others on a stop
+  token): decoding with compaction (the running rows gathered into half, then a quarter of
+  the batch) gives the same tokens, log-probs, lengths and truncation flags as without."""
+  rows_per_prompt, budget = 4, 16
+  rows = len(PROMPTS) * rows_per_prompt
+  limits = jnp.where(jnp.arange(rows) % 2 == 0, 2, budget)
+  sampler = Sampler(CFG, pad_id=PAD)
+  prompt_len = sampler.prompt_length(PROMPTS)
+  tokens, mask = sampling.left_pad(PROMPTS, prompt_len, PAD)
+  out = {}
+  for compactions in (0, 2):
+    sp = SamplingParams(temperature=1.0, max_new_tokens=budget, stop_ids=(STOP,),
+                        max_compactions=compactions)
+    cache, logits, lens = sampler._prefill(rows_per_prompt, prompt_len + budget, params, tokens,
+                                           mask)
+    decode = jax.jit(lambda *a, sp=sp: sampling.decode(CFG, None, sp, PAD, *a))
+    out[compactions], _ = decode(params, cache, logits, lens, key(3), limits)
+  plain, compact = out[0], out[2]
+  assert sampling.compaction_sizes(rows, 2) == [16, 8, 4]
+  lengths = np.asarray(plain.lengths)
+  assert np.all(lengths[::2] <= 2) and np.any(lengths[1::2] > 8)  # the tail runs on
+  for field in ("tokens", "lengths", "truncated"):
+    np.testing.assert_array_equal(getattr(compact, field), getattr(plain, field), field)
+  np.testing.assert_allclose(compact.logprobs, plain.logprobs, atol=1e-5)
+
+
+def test_inverse_cdf_draw_never_picks_an_impossible_token():
+  """At the extreme uniforms and across the block boundary, zero-probability tokens (-inf
+  logits, the padding of the last block) are never drawn; a sure token always is."""
+  vocab = 300  # three blocks of 128, the last one padded
+  logits = np.full((6, vocab), -np.inf, np.float32)
+  logits[0, [5, 200]] = 0.0
+  logits[1, [127, 128]] = [1.0, 2.0]
+  logits[2, 299] = 0.0
+  logits[3, :] = 0.0
+  logits[4, 0] = 0.0
+  logits[5, [0, 299]] = [30.0, 0.0]  # a token of mass ~1e-13
+  for u in (0.0, 1e-7, 0.5, 1.0 - 2 ** -24):
+    drawn = np.asarray(sampling.draw_categorical(jnp.full((6,), u), jnp.asarray(logits)))
+    assert np.all(np.isfinite(logits[np.arange(6), drawn])), (u, drawn)
+    assert drawn[2] == 299 and drawn[4] == 0
+  drawn = np.asarray(sampling.draw_categorical(jnp.asarray([0.0, 0.99, 0.0, 0.0, 0.0, 0.0]),
+                                               jnp.asarray(logits)))
+  assert list(drawn[:2]) == [200, 127]  # the CDF inverted at 1 - u: the highest id at u = 0
+
+
+def test_a_rows_draw_does_not_depend_on_the_rest_of_its_batch():
+  logits = jnp.asarray(np.random.default_rng(0).normal(size=(8, 50)), jnp.float32)
+  sp = SamplingParams(temperature=1.0)
+  full, _ = sampling.sample_tokens(key(1), logits, sp, jnp.arange(8))
+  part, _ = sampling.sample_tokens(key(1), logits[5:], sp, jnp.arange(5, 8))
+  np.testing.assert_array_equal(full[5:], part)

@@ -98,7 +98,8 @@ def test_build_batch_drops_masked_tokens_from_the_loss_only():
 def test_rl_loop_masks_shared_tokens_only_for_agpo_with_the_option(tmp_path, monkeypatch, name,
                                                                   mask):
   from tests.test_checkpoint_integrity import _rl, _rl_config  # noqa: PLC0415 (heavy imports)
-  cfg = _rl_config(1, **{"algo.name": name})
+  # A cold sampler: the groups' completions surely share tokens somewhere.
+  cfg = _rl_config(1, **{"algo.name": name, "sampling.temperature": 0.3})
   cfg.algo.agpo.mask_shared_tokens = mask
   build_batch, seen = rl_step.build_batch, []
   def spy(rollout, advantages, loss_mask, token_mask=None):
@@ -110,7 +111,7 @@ def test_rl_loop_masks_shared_tokens_only_for_agpo_with_the_option(tmp_path, mon
   (rollout, token_mask, batch), = seen
   if name == "agpo" and mask:
     shared = group_shared_tokens(np.asarray(rollout.tokens), np.asarray(rollout.lengths), 4)
-    assert shared.any()  # every completion of the untrained model starts alike somewhere
+    assert shared.any()
     np.testing.assert_array_equal(token_mask, ~shared)
     assert not (batch.completion_mask & shared).any()
   else:  # the reference loss: every generated token of a kept row

@@ -158,6 +158,22 @@ def token_logprobs(logits: jax.Array, targets: jax.Array) -> jax.Array:
   return picked - jax.nn.logsumexp(logits, axis=-1)
 
 
+def token_logprobs_and_entropy(logits: jax.Array, targets: jax.Array
+                               ) -> tuple[jax.Array, jax.Array]:
+  """``token_logprobs`` and ``token_entropy`` from one pass over the vocabulary: one
+  log-sum-exp serves both (``H = lse − Σ_v p_v z_v``), where the two functions apart normalise
+  the ``[..., V]`` logits twice."""
+  logits = logits.astype(jnp.float32)
+  # Shifted by the row max: H = lse − Σ p z then cancels no large offset.
+  logits = logits - jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+  lse = jax.nn.logsumexp(logits, axis=-1)
+  picked = jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+  probs = jnp.exp(logits - lse[..., None])
+  # 0 · (−inf) = 0 for masked logits, substituted inside the product (finite gradient).
+  expected = jnp.sum(probs * jnp.where(probs > 0, logits, 0.0), axis=-1)
+  return picked - lse, lse - expected
+
+
 def token_entropy(logits: jax.Array) -> jax.Array:
   """``H = −Σ_v p_v log p_v`` of ``softmax(logits)``, in float32, ``[..., V] -> [...]``."""
   logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)

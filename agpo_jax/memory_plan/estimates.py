@@ -5,11 +5,11 @@ byte counts; activations and the sampler's working sets are estimates read off X
 assignment (see `agpo_jax.memory_plan`). Numbers that matter, all measured on XLA:CPU and
 described where they are used:
 
-  * the prompt pass scores every prompt position against the whole cache (prompt + response
-    slots), not just the prompt: its one-layer working set is 4x what it needs at 1k + 3k.
-  * the sampler's decode updates the donated cache in place (the layer scan carries the stacked
-    cache and each layer writes its own slot); besides the cache a step holds one layer's keys
-    and values (read out of the stack), the logits' working set and the rollout buffers. When
+  * the prompt pass scores the prompt's positions among themselves (not against the cache's
+    empty response slots).
+  * the sampler's decode updates the donated cache in place (one buffer per layer, read where
+    it lies); besides the cache it holds the blocks' weights unstacked once, the logits'
+    working set, the rollout buffers and, on one device, its compacted caches. When
     the query heads split over `tensor` and the KV heads do not (e.g. 4 query and 2 KV heads on
     tensor=4), the partitioner also re-lays-out the cache once per step: one more k-sized stack
     (measured 0.75x the cache on XLA:CPU, where otherwise 0.3x).
@@ -137,6 +137,13 @@ def _local(n: int, parts: int) -> int:
   return n // parts if n % parts == 0 else n
 
 
+def flash_attention(cfg: ModelConfig) -> bool:
+  """Whether causal passes run a fused kernel that never materialises the `[B, H, T, T]`
+  scores (`model.attention` "cudnn" or "splash"; "dot_product_attention" may fall back to
+  XLA's, so it is counted as materialised)."""
+  return cfg.attention in ("cudnn", "splash")
+
+
 def layer_residuals(cfg: ModelConfig, rows: int, seq: int, tensor: int) -> int:
   """Bytes one decoder block keeps for its backward pass (no remat), for `rows` local rows.
 
@@ -145,7 +152,7 @@ def layer_residuals(cfg: ModelConfig, rows: int, seq: int, tensor: int) -> int:
                dtype + 4 float32 [B, T] statistics
     attention  q and the attention output [B, T, H, hd], k and v [B, KV, T, hd] in compute
                dtype; softmax probabilities [B, H, T, T] in float32 and again in compute
-               dtype (no flash kernel: `Attention` materialises the scores); 2 float32
+               dtype (unless a flash kernel is on: `flash_attention`); 2 float32
                [B, H, T] softmax statistics
     MLP        6 [B, T, mlp] in compute dtype (gate and up projections, sigmoid, silu,
                product, ...)
@@ -157,8 +164,8 @@ def layer_residuals(cfg: ModelConfig, rows: int, seq: int, tensor: int) -> int:
   kv = _local(cfg.num_kv_heads, tensor)
   f = _local(cfg.mlp_dim, tensor)
   norms = rows * seq * (d * (4 * _F32 + 2 * c) + 4 * _F32)
-  attn = (rows * seq * hd * (2 * h + 2 * kv) * c + rows * h * seq * seq * (_F32 + c)
-          + rows * h * seq * 2 * _F32)
+  scores = 0 if flash_attention(cfg) else rows * h * seq * seq * (_F32 + c)
+  attn = rows * seq * hd * (2 * h + 2 * kv) * c + scores + rows * h * seq * 2 * _F32
   mlp = 6 * rows * seq * f * c
   return norms + attn + mlp
 
@@ -209,27 +216,42 @@ def kv_cache_bytes(cfg: ModelConfig, rows: int, cache_len: int, tensor: int = 1)
 
 def prefill_working_set(cfg: ModelConfig, prompts: int, prompt_len: int, cache_len: int,
                         tensor: int = 1) -> int:
-  """One block of the prompt pass (forward only): scores against the whole cache, q/k/v, MLP."""
+  """One block of the prompt pass (forward only): the prompt's scores among its own tokens (a
+  fresh prefill attends to the new keys, not to the cache's empty slots), q/k/v, MLP.
+  `cache_len` is kept for callers; the working set no longer depends on it."""
+  del cache_len
   c = np.dtype(cfg.dtype).itemsize
   h = _local(cfg.num_heads, tensor)
   kv = _local(cfg.num_kv_heads, tensor)
   f = _local(cfg.mlp_dim, tensor)
-  scores = prompts * h * prompt_len * cache_len * (_F32 + c) + prompts * prompt_len * cache_len
+  scores = prompts * prompt_len * prompt_len  # the mask
+  if not flash_attention(cfg):
+    scores += prompts * h * prompt_len * prompt_len * (_F32 + c)
   qkv = prompts * prompt_len * cfg.head_dim * (2 * h + 2 * kv) * c
   mlp = 3 * prompts * prompt_len * f * c
   stream = prompts * prompt_len * cfg.d_model * (2 * _F32 + 2 * c)
   return scores + qkv + mlp + stream
 
 
+def compaction_cache_fraction(max_compactions: int) -> float:
+  """Extra cache the decode loop's compactions hold, as a fraction of the cache: the largest
+  compacted cache, half the rows (`sampling.decode`; XLA reuses its buffer for the smaller
+  ones: measured 0.44x the cache on XLA:CPU with two compactions)."""
+  return 0.5 if max_compactions else 0.0
+
+
 def decode_extra_bytes(cfg: ModelConfig, rows: int, cache_len: int, response_len: int,
-                       tensor: int = 1) -> int:
+                       tensor: int = 1, block_weight_bytes: int = 0,
+                       max_compactions: int = 0, unstacked: bool = False) -> int:
   """What a decode step holds besides the donated cache (updated in place), on one device.
 
-  One layer's k and v read out of the stacked cache, DECODE_LOGIT_COPIES float32 [rows, V],
-  one layer's scores and the rollout buffers. When the query heads split over `tensor` and the
-  KV heads do not, the cache (replicated over tensor) does not match the grouped queries'
-  layout: XLA re-lays it out every step, an all-gather of one whole k or v stack (measured on
-  8 fake devices: temp 0.75x the cache instead of 0.3x; with neither split, no re-layout).
+  DECODE_LOGIT_COPIES float32 [rows, V], one layer's scores and the rollout buffers; on one
+  device (`unstacked`), the blocks' weights unstacked once before the loop
+  (`block_weight_bytes`, when the layers are scanned) and the compacted caches
+  (`max_compactions`). Each layer's keys and values are read in place. When the query heads split
+  over `tensor` and the KV heads do not, the cache (replicated over tensor) does not match
+  the grouped queries' layout: XLA re-lays it out every step, an all-gather of one whole k or
+  v stack (measured on 8 fake devices).
   """
   c = np.dtype(cfg.dtype).itemsize
   kv = _local(cfg.num_kv_heads, tensor)
@@ -237,10 +259,14 @@ def decode_extra_bytes(cfg: ModelConfig, rows: int, cache_len: int, response_len
   relayout = 0
   if kv_relayout(cfg, tensor):
     relayout = cfg.num_layers * layer_kv // 2
+  compacted = weights = 0
+  if unstacked:
+    compacted = int(compaction_cache_fraction(max_compactions) * cfg.num_layers * layer_kv)
+    weights = block_weight_bytes if cfg.scan_layers else 0
   logits = DECODE_LOGIT_COPIES * rows * _local(cfg.vocab_size, tensor) * _F32
   scores = rows * _local(cfg.num_heads, tensor) * cache_len * (_F32 + c)
   buffers = rows * response_len * (4 + 4) + rows * 9  # tokens, log-probs; lengths, done, ...
-  return layer_kv + relayout + logits + scores + buffers
+  return relayout + compacted + weights + logits + scores + buffers
 
 
 def kv_relayout(cfg: ModelConfig, tensor: int) -> bool:

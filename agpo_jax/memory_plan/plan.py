@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import pathlib
 from typing import Any
 
@@ -127,7 +128,8 @@ class MemoryPlan:
         ("train: FSDP-gathered weights", self.train_gather),
         ("= train total", self.train_total),
         ("sample: KV cache (updated in place)", self.kv_cache),
-        ("sample: decode working set (one layer's k/v, logits)", self.decode_extra),
+        ("sample: decode working set (weights unstacked, logits, compacted caches)",
+         self.decode_extra),
         ("sample: prompt cache before the G-way fork", self.prompt_cache),
         ("sample: prefill working set (one layer)", self.prefill_working),
         ("sample: FSDP-gathered weights", self.sample_gather),
@@ -179,7 +181,7 @@ def plan_memory(model_cfg: ModelConfig, axis_sizes: dict[str, int], *, prompt_le
                 micro_batch_rows: int | None = None, sample_rows: int | None = None,
                 num_samples: int = 1, remat: bool | None = None, ref_params: bool = False,
                 old_logp: bool | None = None, min_prompt_bucket: int = 8,
-                name: str | None = None) -> MemoryPlan:
+                name: str | None = None, max_compactions: int = 0) -> MemoryPlan:
   """Per-device bytes of a run (see `agpo_jax.memory_plan`).
 
   Args:
@@ -199,6 +201,8 @@ def plan_memory(model_cfg: ModelConfig, axis_sizes: dict[str, int], *, prompt_le
       rows_per_update < rows_per_step.
     min_prompt_bucket: the sampler's smallest prompt bucket (`sampling.min_prompt_bucket`).
     name: the model's name in the table; default: its preset's, if it is one.
+    max_compactions: `sampling.max_compactions` (the decode loop's compacted caches; they
+      exist on one device only).
 
   Returns:
     The plan, which records these arguments for `MemoryPlan.replan`.
@@ -208,7 +212,7 @@ def plan_memory(model_cfg: ModelConfig, axis_sizes: dict[str, int], *, prompt_le
                 rows_per_update=rows_per_update, micro_batch_rows=micro_batch_rows,
                 sample_rows=sample_rows, num_samples=num_samples, remat=remat,
                 ref_params=ref_params, old_logp=old_logp, min_prompt_bucket=min_prompt_bucket,
-                name=name)
+                name=name, max_compactions=max_compactions)
   axis_sizes = {a: int(axis_sizes.get(a, 1)) for a in rules.MESH_AXES}
   if any(v <= 0 for v in axis_sizes.values()):
     raise ValueError(f"mesh axis sizes must be positive, got {axis_sizes}")
@@ -264,7 +268,9 @@ def plan_memory(model_cfg: ModelConfig, axis_sizes: dict[str, int], *, prompt_le
                                               ref_params),
       activations=activations, train_gather=2 * gather,
       kv_cache=estimates.kv_cache_bytes(model_cfg, n, cache_len, tensor),
-      decode_extra=estimates.decode_extra_bytes(model_cfg, n, cache_len, response_len, tensor),
+      decode_extra=estimates.decode_extra_bytes(
+          model_cfg, n, cache_len, response_len, tensor, pb.layer_shard, max_compactions,
+          unstacked=math.prod(axis_sizes.values()) == 1),
       prefill_working=estimates.prefill_working_set(model_cfg, prompts, prompt, cache_len,
                                                     tensor),
       prompt_cache=estimates.kv_cache_bytes(model_cfg, prompts, cache_len, tensor),
@@ -334,6 +340,6 @@ def plan_from_config(config: Any, axis_sizes: dict[str, int], *, prompt_len: int
       micro_batch_rows=rows_per_update // train.num_microbatches, sample_rows=sample_rows,
       num_samples=samp.num_samples, ref_params=bool(config.loss.kl_coef),
       old_logp=train.num_minibatches * train.epochs > 1,
-      min_prompt_bucket=samp.min_prompt_bucket,
+      min_prompt_bucket=samp.min_prompt_bucket, max_compactions=samp.get("max_compactions", 2),
       name=(pathlib.Path(config.model.checkpoint).name if config.model.get("checkpoint")
             else config.model.preset))

@@ -13,6 +13,7 @@ from typing import Any
 
 DTYPES = ("float32", "bfloat16", "float16")
 POSITIONS = ("rope", "learned")
+ATTENTION = ("xla", "dot_product_attention", "cudnn", "splash")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +44,11 @@ class ModelConfig:
     remat: rematerialise each block in the backward pass (trades compute for memory).
     scan_layers: run the blocks under `nn.scan` (one compiled block, fast compiles for deep
       models); parameters then carry a leading `layers` axis.
+    attention: the attention kernel of causal passes (training, scoring, prefill):
+      "xla" (reference einsums, every backend), "dot_product_attention"
+      (`jax.nn.dot_product_attention`: cuDNN's fused kernel on a GPU when it applies, XLA
+      otherwise), "cudnn" (that kernel or an error), "splash" (Pallas splash attention on
+      TPU; its interpreter elsewhere). Decode steps always read the cache with XLA matmuls.
   """
 
   vocab_size: int
@@ -67,6 +73,7 @@ class ModelConfig:
   dtype: str = "float32"
   remat: bool = False
   scan_layers: bool = True
+  attention: str = "xla"
 
   def __post_init__(self):
     for name in ("vocab_size", "num_layers", "d_model", "num_heads", "num_kv_heads",
@@ -78,6 +85,8 @@ class ModelConfig:
                        f"model.num_kv_heads ({self.num_kv_heads})")
     if self.head_dim % 2:
       raise ValueError(f"model.head_dim must be even for rotary embeddings, got {self.head_dim}")
+    if self.attention not in ATTENTION:
+      raise ValueError(f"model.attention={self.attention!r}; expected one of {ATTENTION}")
     if self.position not in POSITIONS:
       raise ValueError(f"model.position={self.position!r}; expected one of {POSITIONS}")
     for name in ("param_dtype", "dtype"):
@@ -91,7 +100,7 @@ class ModelConfig:
     remat and max_seq_len change how the model runs, not what it stores, so they may differ.
     """
     fields = dataclasses.asdict(self)
-    for free in ("dtype", "remat", "max_seq_len"):
+    for free in ("dtype", "remat", "max_seq_len", "attention"):
       if not (free == "max_seq_len" and self.position == "learned"):  # it sizes a table then
         fields.pop(free)
     if fields["position"] == "rope":  # checkpoints written before the option existed restore
@@ -122,6 +131,10 @@ PRESETS: dict[str, ModelConfig] = {
     # held-out pass@1 14% on multiplication, with learned positions 35-38% (experiments/README.md).
     "testbed": ModelConfig(vocab_size=16, num_layers=2, d_model=64, num_heads=4, num_kv_heads=4,
                            head_dim=16, mlp_dim=256, position="learned", max_seq_len=64),
+    "qwen2.5-0.5b": ModelConfig(vocab_size=151_936, num_layers=24, d_model=896, num_heads=14,
+                                num_kv_heads=2, head_dim=64, mlp_dim=4864,
+                                rope_theta=1_000_000.0, rms_eps=1e-6, qkv_bias=True,
+                                tie_embeddings=True, max_seq_len=32_768),
     "qwen2.5-math-1.5b": ModelConfig(vocab_size=151_936, num_layers=28, d_model=1536,
                                      num_heads=12, num_kv_heads=2, head_dim=128, mlp_dim=8960,
                                      rope_theta=10_000.0, rms_eps=1e-6, qkv_bias=True,

@@ -191,12 +191,15 @@ def data_parallel_size(mesh: Mesh) -> int:
 
 
 def cache_shardings(model_cfg: ModelConfig, rows: int, max_len: int, mesh: Mesh) -> Any:
-  """A `KVCache` of shardings: k and v by `transformer.CACHE_AXES` (rows over data x fsdp, KV
-  heads over tensor when they divide), `valid` by rows, the write index replicated."""
-  kv_shape = (model_cfg.num_layers, rows, model_cfg.num_kv_heads, max_len, model_cfg.head_dim)
-  kv = logical_sharding(transformer.CACHE_AXES, kv_shape, mesh)
+  """A `KVCache` of shardings: every layer's k and v by `transformer.K_CACHE_AXES` and
+  `V_CACHE_AXES` (rows over data x fsdp, KV heads over tensor when they divide), `valid` by
+  rows, the write index replicated."""
+  v_shape = (rows, model_cfg.num_kv_heads, max_len, model_cfg.head_dim)
+  k_shape = (rows, model_cfg.num_kv_heads, model_cfg.head_dim, max_len)
+  k = (logical_sharding(transformer.K_CACHE_AXES, k_shape, mesh),) * model_cfg.num_layers
+  v = (logical_sharding(transformer.V_CACHE_AXES, v_shape, mesh),) * model_cfg.num_layers
   valid = logical_sharding(("batch", "cache_seq"), (rows, max_len), mesh)
-  return transformer.KVCache(k=kv, v=kv, valid=valid, index=replicated(mesh))
+  return transformer.KVCache(k=k, v=v, valid=valid, index=replicated(mesh))
 
 
 def train_state_shardings(state: Any, model_cfg: ModelConfig, mesh: Mesh) -> Any:

@@ -87,9 +87,9 @@ def completion_logprobs(model_cfg: ModelConfig, params: Any, tokens: Array, inpu
   hidden = hidden[:, -completion_len - 1:-1]
   logits = transformer.logits_from_hidden(model_cfg, params, hidden) / temperature
   targets = tokens[:, -completion_len:]
-  logp = losses.token_logprobs(logits, targets)
-  entropy = losses.token_entropy(logits) if with_entropy else None
-  return logp, entropy
+  if not with_entropy:
+    return losses.token_logprobs(logits, targets), None
+  return losses.token_logprobs_and_entropy(logits, targets)
 
 
 def make_rl_step(model_cfg: ModelConfig, loss_cfg: Any, train_cfg: Any, temperature: float,
@@ -102,6 +102,8 @@ def make_rl_step(model_cfg: ModelConfig, loss_cfg: Any, train_cfg: Any, temperat
     m = mb.completion_mask.shape[1]
     logp, entropy = completion_logprobs(model_cfg, params, mb.tokens, mb.input_mask,
                                         mb.positions, m, temperature, with_entropy, rows)
+    if not loss_cfg.entropy_coef:  # logged only: no gradient flows through it
+      entropy = jax.lax.stop_gradient(entropy)
     old_logp = jax.lax.stop_gradient(logp) if mb.old_logp is None else mb.old_logp
     loss_sum, denom, metrics = losses.policy_loss(
         logp, old_logp, mb.ref_logp, mb.advantages, mb.completion_mask, loss_cfg,

