@@ -32,6 +32,7 @@ import functools
 import importlib.util
 import pathlib
 import statistics
+import sys
 import time
 from typing import Any, Callable
 
@@ -83,6 +84,14 @@ def matmul_params(cfg: ModelConfig) -> int:
   positions = cfg.max_seq_len * cfg.d_model if cfg.position == "learned" else 0
   lookups = embed + positions if not cfg.tie_embeddings else positions
   return cfg.num_params - lookups
+
+
+class _Progress(list):
+  """The table's rows, each also printed (to stderr) as soon as it is measured."""
+
+  def append(self, row):
+    super().append(row)
+    print("measured: " + " | ".join(row.cells()), file=sys.stderr, flush=True)
 
 
 @dataclasses.dataclass
@@ -308,7 +317,7 @@ def main():
         f"{args.attention}, backend "
         f"{jax.default_backend()} ({jax.devices()[0].device_kind}), jax {jax.__version__}; "
         f"matmul peak {peak / 1e9:.0f} GFLOP/s; median of {args.repeats}")
-  rows: list[Row] = []
+  rows = _Progress()
   skipped = []
   if "transformers" in peers and hf is None:
     skipped.append("transformers: not installed or no real checkpoint (--model=smollm2)")
