@@ -176,12 +176,13 @@ def test_rl_raises_training_reward_on_a_trivial_task(tmp_path, algorithm):
   """Two-digit products of 2..4 x 2..4, a briefly warm-started model, 30 RL steps.
 
   Margin: mean reward of the last 5 steps exceeds the first 5 steps' by at least 0.15
-  (seed 0 measured 0.33 -> 0.85 for AGPO). DAPO also checks dynamic sampling: every group
-  it trains on has reward spread.
+  (AGPO measured 0.34 -> 0.82 at seed 0; 0.33 -> 0.75 and 0.37 -> 0.86 at seeds 1 and 2; at
+  lr 3e-3 AGPO's reward collapsed on one seed of three). DAPO also checks dynamic sampling:
+  every group it trains on has reward spread.
   """
   cfg = _tiny_config(workdir_steps=30, **{
       "task.low": 2, "task.high": 4, "task.digits": 2, "task.num_heldout": 1,
-      "train.batch_prompts": 8, "optim.lr": 3e-3})
+      "train.batch_prompts": 8, "optim.lr": 1e-3})
   if algorithm == "dapo":
     apply_preset(cfg, "dapo")  # GRPO advantages, clip-higher, dynamic sampling
   else:
