@@ -211,6 +211,11 @@ def prefill(model_cfg: ModelConfig, rows_sharding: Any, num_samples: int, cache_
           jnp.repeat(prompt_lens, num_samples))
 
 
+# Below this many new tokens the decode loop never compacts: rows cannot finish much earlier
+# than the budget, and each phase is one more compiled loop.
+MIN_COMPACTION_BUDGET = 32
+
+
 def compaction_sizes(rows: int, max_compactions: int) -> list[int]:
   """Batch sizes of the decode loop's phases: `rows`, then halves while they stay whole (at
   most `max_compactions` halvings)."""
@@ -231,7 +236,7 @@ def decode(model_cfg: ModelConfig, rows_sharding: Any, params_s: SamplingParams,
   Compaction: once at most half the rows of the batch are still running, the running rows
   (and their caches) are gathered into a batch of half the size and decoding goes on there,
   at most `params_s.max_compactions` times (not under a mesh, where rows live on different
-  devices). A long-tailed batch then stops paying for its finished rows. Each row draws its
+  devices, nor with fewer than `MIN_COMPACTION_BUDGET` new tokens). A long-tailed batch then stops paying for its finished rows. Each row draws its
   tokens from its own key (`row_uniforms`), so compaction changes no row's tokens.
 
   Returns the rollout and the cache of the first phase: returning it lets XLA alias the
@@ -242,7 +247,9 @@ def decode(model_cfg: ModelConfig, rows_sharding: Any, params_s: SamplingParams,
   if rows_sharding is None:  # one device: unstack the block weights once, outside the loop
     params = transformer.unstack_layers(model_cfg, params)
   stop_ids = jnp.asarray(params_s.stop_ids or (-1,), jnp.int32)
-  sizes = [n] if rows_sharding is not None else compaction_sizes(n, params_s.max_compactions)
+  sizes = [n]  # each compaction compiles one more loop: only worth it on long budgets
+  if rows_sharding is None and budget >= MIN_COMPACTION_BUDGET:
+    sizes = compaction_sizes(n, params_s.max_compactions)
 
   def run_phase(state, last):
     """Decode `state`'s rows until done, or (unless `last`) until half of them are."""

@@ -211,7 +211,10 @@ def test_every_checkpoint_corrupt_is_one_error_naming_each_step(tmp_path):
   assert isinstance(error, ValueError) and sorted(error.failures) == [1, 2, 3]
   message = str(error)
   assert "\n" not in message and str(tmp_path) in message and "steps [1, 2, 3]" in message
-  assert "step 3: " in message and "checksum mismatch" in message
+  # Flipped bytes fail the checksum, or fail first in decompression when the storage layer
+  # compresses the arrays (tensorstore's zstd in newer installs): either way step 3 is named.
+  assert "step 3: " in message and ("checksum mismatch" in message
+                                    or "reading arrays" in message)
   assert "step 1: " in message and "meta/metadata" in message
   # Asked for by step, a corrupt checkpoint is an error too (no fallback).
   with Checkpointer(tmp_path) as checkpointer:

@@ -204,10 +204,10 @@ def test_prompt_buckets_and_bad_input():
 
 
 def test_compaction_keeps_every_rows_tokens(params):
-  """A long-tailed batch (half the rows stop after 2 of 16 tokens, some others on a stop
+  """A long-tailed batch (half the rows stop after 2 of 32 tokens, some others on a stop
   token): decoding with compaction (the running rows gathered into half, then a quarter of
   the batch) gives the same tokens, log-probs, lengths and truncation flags as without."""
-  rows_per_prompt, budget = 4, 16
+  rows_per_prompt, budget = 4, sampling.MIN_COMPACTION_BUDGET
   rows = len(PROMPTS) * rows_per_prompt
   limits = jnp.where(jnp.arange(rows) % 2 == 0, 2, budget)
   sampler = Sampler(CFG, pad_id=PAD)

@@ -14,7 +14,7 @@ from typing import Any
 from agpo_jax.memory_plan import estimates
 from agpo_jax.memory_plan.estimates import GiB
 from agpo_jax.models.config import PRESETS, ModelConfig, resolve_model_config
-from agpo_jax.sampling import bucket_length
+from agpo_jax.sampling import MIN_COMPACTION_BUDGET, bucket_length
 from agpo_jax.sharding import rules
 
 
@@ -269,7 +269,8 @@ def plan_memory(model_cfg: ModelConfig, axis_sizes: dict[str, int], *, prompt_le
       activations=activations, train_gather=2 * gather,
       kv_cache=estimates.kv_cache_bytes(model_cfg, n, cache_len, tensor),
       decode_extra=estimates.decode_extra_bytes(
-          model_cfg, n, cache_len, response_len, tensor, pb.layer_shard, max_compactions,
+          model_cfg, n, cache_len, response_len, tensor, pb.layer_shard,
+          max_compactions if response_len >= MIN_COMPACTION_BUDGET else 0,
           unstacked=math.prod(axis_sizes.values()) == 1),
       prefill_working=estimates.prefill_working_set(model_cfg, prompts, prompt, cache_len,
                                                     tensor),
