@@ -293,9 +293,7 @@ def decode(model_cfg: ModelConfig, rows_sharding: Any, params_s: SamplingParams,
     if i:  # gather the running rows (first, in row order) into a batch of `size`
       step, cache, logits, row_ids, done, out = state
       keep = jnp.argsort(done, stable=True)[:size]
-      take = lambda x, keep=keep: x[keep]  # noqa: E731
-      state = (step, jax.tree.map(take, cache.replace(index=None)).replace(index=cache.index),
-               logits[keep], row_ids[keep], done[keep], out)
+      state = (step, cache.take(keep), logits[keep], row_ids[keep], done[keep], out)
     state = run_phase(state, last=i == len(sizes) - 1)
     if i == 0:
       first_cache = state[1]

@@ -178,8 +178,7 @@ def ours_train_steps(cfg: ModelConfig, params: Any, rows: int, prompt: int, comp
   config = defaults.base_config()
   tx = state_lib.make_optimizer(config.optim, 1000)
   tokens, mask, positions = train_batch(cfg, rows, prompt, completion)
-  completion_mask = np.zeros((rows, completion), bool)
-  completion_mask[:, :] = True
+  completion_mask = np.ones((rows, completion), bool)
   advantages = np.linspace(-1.0, 1.0, rows).astype(np.float32)
   rl_batch = rl_step.RLBatch(tokens=tokens, input_mask=mask, positions=positions,
                              completion_mask=completion_mask, advantages=advantages,

@@ -213,16 +213,19 @@ def test_compaction_keeps_every_rows_tokens(params):
   sampler = Sampler(CFG, pad_id=PAD)
   prompt_len = sampler.prompt_length(PROMPTS)
   tokens, mask = sampling.left_pad(PROMPTS, prompt_len, PAD)
-  out = {}
+  out, loops = {}, {}
   for compactions in (0, 2):
     sp = SamplingParams(temperature=1.0, max_new_tokens=budget, stop_ids=(STOP,),
                         max_compactions=compactions)
     cache, logits, lens = sampler._prefill(rows_per_prompt, prompt_len + budget, params, tokens,
                                            mask)
     decode = jax.jit(lambda *a, sp=sp: sampling.decode(CFG, None, sp, PAD, *a))
+    loops[compactions] = decode.lower(params, cache, logits, lens, key(3),
+                                      limits).as_text().count("stablehlo.while")
     out[compactions], _ = decode(params, cache, logits, lens, key(3), limits)
   plain, compact = out[0], out[2]
   assert sampling.compaction_sizes(rows, 2) == [16, 8, 4]
+  assert loops[2] > loops[0]  # the compacted phases are compiled: compaction is on
   lengths = np.asarray(plain.lengths)
   assert np.all(lengths[::2] <= 2) and np.any(lengths[1::2] > 8)  # the tail runs on
   for field in ("tokens", "lengths", "truncated"):

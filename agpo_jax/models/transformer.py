@@ -80,6 +80,12 @@ class KVCache(struct.PyTreeNode):
   def max_len(self) -> int:
     return self.v[0].shape[2]
 
+  def take(self, rows: Array) -> "KVCache":
+    """The cache of `rows` (indices into the batch), in that order."""
+    pick = lambda x: x[rows]  # noqa: E731
+    return self.replace(k=tuple(map(pick, self.k)), v=tuple(map(pick, self.v)),
+                        valid=pick(self.valid))
+
   def repeat(self, n: int) -> "KVCache":
     """Each row `n` times, consecutively: row b becomes rows b*n .. b*n+n-1."""
     rep = lambda x: jnp.repeat(x, n, axis=0)  # noqa: E731
