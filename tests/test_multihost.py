@@ -41,8 +41,9 @@ def _start(workdir: pathlib.Path, out: pathlib.Path, processes: int) -> list[sub
   port = _free_port()
   procs = []
   for index in range(processes):
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={4 // processes}")
+    flags = os.environ.get("XLA_FLAGS", "")  # the session's compile flags (conftest.py)
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=(
+        f"{flags} --xla_force_host_platform_device_count={4 // processes}").strip())
     for key in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
       env.pop(key, None)
     if processes > 1:
