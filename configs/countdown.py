@@ -6,8 +6,9 @@ The same pipeline and model as `configs/default.py` (warm start, base evaluation
 from that base, evaluation, comparison) on a search puzzle: `8,6,5,3:23=` asks for an
 expression over the four numbers, each used once, with + - * (no parentheses) reaching 23;
 any such expression is right (`agpo_jax.tasks.countdown`). A uniform guesser over the 648
-(order, operators) choices solves 3.2% of samples: pass@64 77.8%, pass@256 98.0% on the
-held-out problems.
+(order, operators) choices solves 3.2% of samples: pass@64 77.4%, pass@256 97.8% on the
+held-out problems (which depend on `num_train`: the draw of every problem's target comes after
+all their numbers; 77.8% / 98.0% on the 20,000-problem preset's held-out set).
 """
 
 import pathlib
@@ -22,10 +23,12 @@ def get_config():
   config.tokenizer.alphabet = CountdownTask.alphabet
   config.verifier.kind = "countdown"
   config.sampling.max_new_tokens = 8  # 4 digits, 3 operators, end of sequence
-  # Less smoothing than multiplication's 0.1 and a longer warm start. Held-out pass@1 / maj@64
-  # at n = 64 (experiments/README.md): 0.1 x 1,300 steps 13.5 / 38.2; 0.05 x 1,300 20.1 / 38.0;
-  # 0.03 x 1,800 25.6 / 39.8; 0 x 1,300 28.6 / 37.3; 0.05 x 2,200 (this preset) 24.2 / 43.7:
-  # the most likely answer far above a sample, as the RLVR regime needs.
-  config.sft.label_smoothing = 0.05
+  # Ten times the training problems, no label smoothing and a longer warm start. Held-out
+  # pass@1 / maj@64 at n = 64 (experiments/README.md): with 20,000 problems (2,200 steps of 256
+  # repeat each ~28 times) the base's mode stalled near 40-44% whatever the smoothing, width or
+  # depth (0.05 x 2,200: 24.2 / 43.7); with 200,000 it rises to 49.7 (0.05), 51.2 (0.02: 31.0 /
+  # 51.2) and 51.2 without smoothing (this preset: 35.8 / 51.2), the mode far above a sample.
+  config.task.num_train = 200_000
+  config.sft.label_smoothing = 0.0
   config.sft.steps = 2200
   return config
