@@ -58,6 +58,8 @@ def summary_writer_class() -> type:
     if block:
       del sys.modules["torch"]
   return SummaryWriter
+
+
 _RESERVED = ("step", "time")
 
 

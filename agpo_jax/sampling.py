@@ -216,6 +216,12 @@ def prefill(model_cfg: ModelConfig, rows_sharding: Any, num_samples: int, cache_
 MIN_COMPACTION_BUDGET = 32
 
 
+def compactions_used(max_compactions: int, new_tokens: int, one_device: bool) -> int:
+  """How many compactions the decode loop may make: none under a mesh (rows live on different
+  devices) or below `MIN_COMPACTION_BUDGET` new tokens, else `max_compactions`."""
+  return max_compactions if one_device and new_tokens >= MIN_COMPACTION_BUDGET else 0
+
+
 def compaction_sizes(rows: int, max_compactions: int) -> list[int]:
   """Batch sizes of the decode loop's phases: `rows`, then halves while they stay whole (at
   most `max_compactions` halvings)."""
@@ -235,8 +241,8 @@ def decode(model_cfg: ModelConfig, rows_sharding: Any, params_s: SamplingParams,
 
   Compaction: once at most half the rows of the batch are still running, the running rows
   (and their caches) are gathered into a batch of half the size and decoding goes on there,
-  at most `params_s.max_compactions` times (not under a mesh, where rows live on different
-  devices, nor with fewer than `MIN_COMPACTION_BUDGET` new tokens). A long-tailed batch then stops paying for its finished rows. Each row draws its
+  at most `params_s.max_compactions` times (`compactions_used`: not under a mesh, nor on short
+  budgets). A long-tailed batch then stops paying for its finished rows. Each row draws its
   tokens from its own key (`row_uniforms`), so compaction changes no row's tokens.
 
   Returns the rollout and the cache of the first phase: returning it lets XLA alias the
@@ -247,9 +253,8 @@ def decode(model_cfg: ModelConfig, rows_sharding: Any, params_s: SamplingParams,
   if rows_sharding is None:  # one device: unstack the block weights once, outside the loop
     params = transformer.unstack_layers(model_cfg, params)
   stop_ids = jnp.asarray(params_s.stop_ids or (-1,), jnp.int32)
-  sizes = [n]  # each compaction compiles one more loop: only worth it on long budgets
-  if rows_sharding is None and budget >= MIN_COMPACTION_BUDGET:
-    sizes = compaction_sizes(n, params_s.max_compactions)
+  sizes = compaction_sizes(n, compactions_used(params_s.max_compactions, budget,
+                                                 one_device=rows_sharding is None))
 
   def run_phase(state, last):
     """Decode `state`'s rows until done, or (unless `last`) until half of them are."""

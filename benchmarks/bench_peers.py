@@ -175,6 +175,25 @@ def train_batch(cfg: ModelConfig, rows: int, prompt: int, completion: int, seed:
   return tokens, mask, positions
 
 
+def sft_batch(cfg: ModelConfig, rows: int, prompt: int, completion: int) -> sft.SFTBatch:
+  """`train_batch` with the completion as the SFT target."""
+  tokens, mask, positions = train_batch(cfg, rows, prompt, completion)
+  target = np.zeros_like(mask)
+  target[:, prompt:] = True
+  return sft.SFTBatch(tokens=tokens, input_mask=mask, positions=positions, target_mask=target)
+
+
+def step_seconds(step: Callable, params: Any, tx: Any, batch: Any, repeats: int) -> float:
+  """Median seconds of `step(state, batch)` on a fresh copy of `params` (the step donates)."""
+  holder = [state_lib.create_state(jax.tree.map(jnp.copy, params), tx)]
+
+  def run(i):
+    holder[0], metrics = step(holder[0], batch)
+    jax.block_until_ready(metrics)
+
+  return median_seconds(run, repeats)
+
+
 def ours_train_steps(cfg: ModelConfig, params: Any, rows: int, prompt: int, completion: int,
                      repeats: int) -> tuple[float, float]:
   """(RL step seconds, SFT step seconds) on the same tokens, AdamW, one update each."""
@@ -186,27 +205,10 @@ def ours_train_steps(cfg: ModelConfig, params: Any, rows: int, prompt: int, comp
   rl_batch = rl_step.RLBatch(tokens=tokens, input_mask=mask, positions=positions,
                              completion_mask=completion_mask, advantages=advantages,
                              sampler_logp=np.zeros((rows, completion), np.float32))
-  target = np.zeros_like(mask)
-  target[:, prompt:] = True
-  sft_batch = sft.SFTBatch(tokens=tokens, input_mask=mask, positions=positions,
-                           target_mask=target)
-  results = []
-  for name in ("rl", "sft"):
-    if name == "rl":
-      step = rl_step.make_rl_step(cfg, algo_defaults.loss_config(), config.train, 1.0)
-      batch = rl_batch
-    else:
-      step = sft.make_sft_step(cfg)
-      batch = sft_batch
-    holder = [state_lib.create_state(jax.tree.map(jnp.copy, params), tx)]
-
-    def run(i, step=step, batch=batch, holder=holder):
-      holder[0], metrics = step(holder[0], batch)
-      jax.block_until_ready(metrics)
-
-    results.append(median_seconds(run, repeats))
-    del holder
-  return results[0], results[1]
+  rl = step_seconds(rl_step.make_rl_step(cfg, algo_defaults.loss_config(), config.train, 1.0),
+                    params, tx, rl_batch, repeats)
+  return rl, step_seconds(sft.make_sft_step(cfg), params, tx,
+                          sft_batch(cfg, rows, prompt, completion), repeats)
 
 
 def ours_breakdown(cfg: ModelConfig, params: Any, prompts: list[list[int]], new: int, rows: int,
@@ -229,10 +231,8 @@ def ours_breakdown(cfg: ModelConfig, params: Any, prompts: list[list[int]], new:
   out["fork16"] = median_seconds(lambda i: jax.block_until_ready(fork(cache)), repeats)
   out["fork16_bytes"] = 16 * sum(x.nbytes for x in jax.tree.leaves(cache))
   del cache
-  tokens_, mask_, positions = train_batch(cfg, rows, prompt, completion)
-  target = np.zeros_like(mask_)
-  target[:, prompt:] = True
-  batch = sft.SFTBatch(tokens=tokens_, input_mask=mask_, positions=positions, target_mask=target)
+  batch = sft_batch(cfg, rows, prompt, completion)
+  tokens_ = batch.tokens
   grad = jax.jit(jax.value_and_grad(lambda p, b: sft.sft_loss(cfg, p, b)[0]))
   out["sft_grad"] = median_seconds(lambda i: jax.block_until_ready(grad(params, batch)), repeats)
   # The LM head alone: the projection of every position to the vocabulary and its
@@ -248,14 +248,7 @@ def ours_breakdown(cfg: ModelConfig, params: Any, prompts: list[list[int]], new:
   out["head"] = median_seconds(lambda i: jax.block_until_ready(head(params, hidden)), repeats)
   out["head_flops"] = 6 * hidden.shape[0] * hidden.shape[1] * cfg.d_model * cfg.vocab_size
   tx = state_lib.make_optimizer(defaults.base_config().optim, 1000)
-  step = sft.make_sft_step(cfg)
-  holder = [state_lib.create_state(jax.tree.map(jnp.copy, params), tx)]
-
-  def run(i):
-    holder[0], metrics = step(holder[0], batch)
-    jax.block_until_ready(metrics)
-
-  out["sft_step"] = median_seconds(run, repeats)
+  out["sft_step"] = step_seconds(sft.make_sft_step(cfg), params, tx, batch, repeats)
   return out
 
 
@@ -346,10 +339,8 @@ def tunix_model(cfg: ModelConfig, params: Any) -> tuple[Any, str]:
     return None, "not installed (pip install google-tunix)"
   if cfg.qkv_bias or cfg.qk_norm or cfg.position != "rope" or cfg.rope_scaling_factor:
     return None, "wired for Llama-shaped models only (no qkv bias, qk-norm or rope scaling)"
-  if not getattr(llama.apply_rope, "agpo_theta", None):
-    original = llama.apply_rope
-    llama.apply_rope = functools.partial(original, rope_theta=cfg.rope_theta)
-    llama.apply_rope.agpo_theta = cfg.rope_theta
+  original = getattr(llama.apply_rope, "func", llama.apply_rope)  # unwrap an earlier binding
+  llama.apply_rope = functools.partial(original, rope_theta=cfg.rope_theta)
   config = llama.ModelConfig(
       num_layers=cfg.num_layers, vocab_size=cfg.vocab_size, embed_dim=cfg.d_model,
       hidden_dim=cfg.mlp_dim, num_heads=cfg.num_heads, head_dim=cfg.head_dim,

@@ -14,7 +14,7 @@ from typing import Any
 from agpo_jax.memory_plan import estimates
 from agpo_jax.memory_plan.estimates import GiB
 from agpo_jax.models.config import PRESETS, ModelConfig, resolve_model_config
-from agpo_jax.sampling import MIN_COMPACTION_BUDGET, bucket_length
+from agpo_jax.sampling import bucket_length, compactions_used
 from agpo_jax.sharding import rules
 
 
@@ -248,6 +248,7 @@ def plan_memory(model_cfg: ModelConfig, axis_sizes: dict[str, int], *, prompt_le
     notes.append("num_microbatches = 2: the two micro-batches' activations overlap "
                  "(measured on XLA:CPU); 1 or >= 3 micro-batches avoid it")
   gather = pb.gather_unit if axis_sizes["fsdp"] > 1 else 0
+  one_device = math.prod(axis_sizes.values()) == 1
   if tensor > 1 and model_cfg.num_kv_heads % tensor:
     notes.append(f"{model_cfg.num_kv_heads} KV heads do not split over tensor={tensor}: every "
                  "tensor device holds the whole cache of its rows"
@@ -270,8 +271,8 @@ def plan_memory(model_cfg: ModelConfig, axis_sizes: dict[str, int], *, prompt_le
       kv_cache=estimates.kv_cache_bytes(model_cfg, n, cache_len, tensor),
       decode_extra=estimates.decode_extra_bytes(
           model_cfg, n, cache_len, response_len, tensor, pb.layer_shard,
-          max_compactions if response_len >= MIN_COMPACTION_BUDGET else 0,
-          unstacked=math.prod(axis_sizes.values()) == 1),
+          compactions_used(max_compactions, response_len, one_device),
+          unstacked=one_device),
       prefill_working=estimates.prefill_working_set(model_cfg, prompts, prompt, cache_len,
                                                     tensor),
       prompt_cache=estimates.kv_cache_bytes(model_cfg, prompts, cache_len, tensor),
