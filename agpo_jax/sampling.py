@@ -1,7 +1,10 @@
-"""Jitted KV-cache sampling: prefill once per prompt, fork the cache G ways, decode in a loop.
+"""Jitted KV-cache sampling: prefill once per prompt, decode G rows per prompt in a loop.
 
-    prompts ─► left-pad to a bucketed length P ─► prefill (jit) ─► cache.repeat(G)
-            ─► decode (jit, `lax.while_loop`, cache donated) ─► Rollout
+    prompts ─► left-pad to a bucketed length P ─► prefill (jit) ─► prompt cache [B, P]
+            ─► decode (jit, `lax.while_loop`) ─► Rollout
+
+The G sample rows of a prompt share its cache (`transformer.SharedPrefix`): nothing is forked,
+and each decode row keeps a cache of its own generated tokens only, updated in place.
 
 Left padding puts the last prompt token of every row in the same column, so the first
 generated token of every row comes from one position and every decode step writes one cache
@@ -187,19 +190,19 @@ def sample_tokens(rng: Array, logits: Array, params: SamplingParams,
   return tokens.astype(jnp.int32), logprobs[:, 0]
 
 
-def prefill(model_cfg: ModelConfig, rows_sharding: Any, num_samples: int, cache_len: int,
-            params: Any, tokens: Array, input_mask: Array
-            ) -> tuple[transformer.KVCache, Array, Array]:
-  """Run the prompts once and fork the cache `num_samples` ways.
+def prefill(model_cfg: ModelConfig, rows_sharding: Any, num_samples: int, params: Any,
+            tokens: Array, input_mask: Array
+            ) -> tuple[transformer.SharedPrefix, Array, Array]:
+  """Run the prompts once; their cache is shared by the `num_samples` rows of each.
 
   Args:
     rows_sharding: where hidden states live under a mesh (None on one device).
     tokens, input_mask: `[B, P]` left-padded prompts.
   Returns:
-    (cache for `B * num_samples` rows, logits of the next token `[B*G, V]`,
-     prompt lengths `[B*G]`).
+    (the prompts' cache, `[B, ..., P]`, read by groups of `num_samples` rows; logits of the
+     next token `[B*G, V]`; prompt lengths `[B*G]`).
   """
-  cache = transformer.KVCache.zeros(model_cfg, tokens.shape[0], cache_len)
+  cache = transformer.KVCache.zeros(model_cfg, tokens.shape[0], tokens.shape[1])
   positions = transformer.positions_from_mask(input_mask)
   hidden, cache = transformer.forward_cached(model_cfg, params, tokens, positions, input_mask,
                                              cache, return_hidden=True,
@@ -207,7 +210,9 @@ def prefill(model_cfg: ModelConfig, rows_sharding: Any, num_samples: int, cache_
   # Only the last column is needed: projecting [B, P, V] would dominate prefill for big vocabs.
   logits = transformer.logits_from_hidden(model_cfg, params, hidden[:, -1])
   prompt_lens = jnp.sum(input_mask, axis=-1, dtype=jnp.int32)
-  return (cache.repeat(num_samples), jnp.repeat(logits, num_samples, axis=0),
+  prompt_cache = transformer.SharedPrefix(k=cache.k, v=cache.v, valid=cache.valid,
+                                          group=num_samples)
+  return (prompt_cache, jnp.repeat(logits, num_samples, axis=0),
           jnp.repeat(prompt_lens, num_samples))
 
 
@@ -232,9 +237,14 @@ def compaction_sizes(rows: int, max_compactions: int) -> list[int]:
 
 
 def decode(model_cfg: ModelConfig, rows_sharding: Any, params_s: SamplingParams, pad_id: int,
-           params: Any, cache: transformer.KVCache, logits: Array, prompt_lens: Array,
-           rng: Array, row_limits: Array | None = None) -> tuple[Rollout, transformer.KVCache]:
+           params: Any, prompt_cache: transformer.SharedPrefix, logits: Array,
+           prompt_lens: Array, rng: Array, row_limits: Array | None = None,
+           cache_sharding: Any = None) -> Rollout:
   """Sample until every row has stopped or `max_new_tokens` is reached (`lax.while_loop`).
+
+  Each row attends to its prompt's cache (`prompt_cache`, shared by the prompt's rows) and to
+  a cache of its own tokens, `max_new_tokens` slots made here and updated in place by the loop
+  (`cache_sharding`: its layout under a mesh).
 
   `row_limits [N]` (optional) stops row i after `row_limits[i]` tokens as if it had drawn a
   stop token (`benchmarks/bench_peers.py` imposes a length distribution with it).
@@ -242,11 +252,9 @@ def decode(model_cfg: ModelConfig, rows_sharding: Any, params_s: SamplingParams,
   Compaction: once at most half the rows of the batch are still running, the running rows
   (and their caches) are gathered into a batch of half the size and decoding goes on there,
   at most `params_s.max_compactions` times (`compactions_used`: not under a mesh, nor on short
-  budgets). A long-tailed batch then stops paying for its finished rows. Each row draws its
-  tokens from its own key (`row_uniforms`), so compaction changes no row's tokens.
-
-  Returns the rollout and the cache of the first phase: returning it lets XLA alias the
-  donated input cache to it, so the first phase updates one cache buffer in place.
+  budgets); a compacted row takes a copy of its prompt's cache along. A long-tailed batch then
+  stops paying for its finished rows. Each row draws its tokens from its own key
+  (`row_uniforms`), so compaction changes no row's tokens.
   """
   n = logits.shape[0]
   budget = params_s.max_new_tokens
@@ -289,23 +297,23 @@ def decode(model_cfg: ModelConfig, rows_sharding: Any, params_s: SamplingParams,
 
     return jax.lax.while_loop(cond, body, state)
 
+  cache = transformer.KVCache.zeros(model_cfg, n, budget)
+  if cache_sharding is not None:
+    cache = jax.lax.with_sharding_constraint(cache, cache_sharding)
+  cache = cache.replace(prefix=prompt_cache)
   out = (jnp.full((n, budget), pad_id, jnp.int32), jnp.zeros((n, budget), jnp.float32),
          jnp.zeros((n,), jnp.int32), jnp.zeros((n,), bool))
   state = (jnp.zeros((), jnp.int32), cache, logits, jnp.arange(n, dtype=jnp.int32),
            jnp.zeros((n,), bool), out)
-  first_cache = None
   for i, size in enumerate(sizes):
     if i:  # gather the running rows (first, in row order) into a batch of `size`
       step, cache, logits, row_ids, done, out = state
       keep = jnp.argsort(done, stable=True)[:size]
       state = (step, cache.take(keep), logits[keep], row_ids[keep], done[keep], out)
     state = run_phase(state, last=i == len(sizes) - 1)
-    if i == 0:
-      first_cache = state[1]
   tokens, logprobs, lengths, stopped = state[5]
-  rollout = Rollout(tokens=tokens, logprobs=logprobs, lengths=lengths, truncated=~stopped,
-                    prompt_tokens=None, prompt_mask=None)
-  return rollout, first_cache
+  return Rollout(tokens=tokens, logprobs=logprobs, lengths=lengths, truncated=~stopped,
+                 prompt_tokens=None, prompt_mask=None)
 
 
 def sampling_params(cfg: Any, stop_ids: Sequence[int] = (), vocab_limit: int = 0
@@ -368,9 +376,8 @@ class Sampler:
     self.min_prompt_bucket = min_prompt_bucket
     self.mesh = mesh
     self.sampling = SamplingParams() if sampling is None else sampling
-    self._prefill = jax.jit(functools.partial(prefill, model_cfg, None), static_argnums=(0, 1))
-    self._decode = jax.jit(functools.partial(decode, model_cfg, None), static_argnums=(0, 1),
-                           donate_argnums=(3,))
+    self._prefill = jax.jit(functools.partial(prefill, model_cfg, None), static_argnums=(0,))
+    self._decode = jax.jit(functools.partial(decode, model_cfg, None), static_argnums=(0, 1))
     self._sharded: dict[tuple, tuple[Any, Any]] = {}
 
   @classmethod
@@ -382,20 +389,24 @@ class Sampler:
     sp = sampling_params(config.sampling, tokenizer.stop_ids, tokenizer.vocab_size)
     return cls(model_cfg, tokenizer.pad_id, config.sampling.min_prompt_bucket, mesh, sp)
 
-  def _sharded_fns(self, rows: int, num_samples: int, cache_len: int, sampling: SamplingParams):
-    """Prefill and decode jitted with explicit shardings for these static shapes."""
-    key = (rows, num_samples, cache_len, sampling)
+  def _sharded_fns(self, rows: int, num_samples: int, prompt_len: int,
+                   sampling: SamplingParams):
+    """Prefill and decode jitted with explicit shardings for these static shapes (`rows`
+    prompts of `prompt_len` tokens, `num_samples` rows each)."""
+    key = (rows, num_samples, prompt_len, sampling)
     if key not in self._sharded:
       mesh, cfg = self.mesh, self.model_cfg
       params = rules.param_shardings(cfg, mesh)
       by_row, rep = rules.batch_sharding(mesh), rules.replicated(mesh)
-      cache = rules.cache_shardings(cfg, rows * num_samples, cache_len, mesh)
-      prefill_fn = jax.jit(functools.partial(prefill, cfg, by_row, num_samples, cache_len),
+      prompt_cache = rules.cache_shardings(cfg, rows, prompt_len, mesh, group=num_samples)
+      cache = rules.cache_shardings(cfg, rows * num_samples, sampling.max_new_tokens, mesh)
+      prefill_fn = jax.jit(functools.partial(prefill, cfg, by_row, num_samples),
                            in_shardings=(params, by_row, by_row),
-                           out_shardings=(cache, by_row, by_row))
-      decode_fn = jax.jit(functools.partial(decode, cfg, by_row, sampling, self.pad_id),
-                          in_shardings=(params, cache, by_row, by_row, rep),
-                          out_shardings=(by_row, cache), donate_argnums=(1,))
+                           out_shardings=(prompt_cache, by_row, by_row))
+      decode_fn = jax.jit(functools.partial(decode, cfg, by_row, sampling, self.pad_id,
+                                            cache_sharding=cache),
+                          in_shardings=(params, prompt_cache, by_row, by_row, rep),
+                          out_shardings=by_row)
       self._sharded[key] = (prefill_fn, decode_fn)
     return self._sharded[key]
 
@@ -416,16 +427,15 @@ class Sampler:
       raise ValueError(f"num_samples must be positive, got {num_samples}")
     prompt_len = self.prompt_length(prompts) if prompt_len is None else prompt_len
     tokens, mask = left_pad(prompts, prompt_len, self.pad_id)
-    cache_len = prompt_len + sampling.max_new_tokens
     if self.mesh is None:
-      cache, logits, prompt_lens = self._prefill(num_samples, cache_len, params, tokens, mask)
-      rollout, _ = self._decode(sampling, self.pad_id, params, cache, logits, prompt_lens, rng)
+      cache, logits, prompt_lens = self._prefill(num_samples, params, tokens, mask)
+      rollout = self._decode(sampling, self.pad_id, params, cache, logits, prompt_lens, rng)
     else:
       rows = multihost.global_rows(len(prompts), self.mesh)
-      prefill_fn, decode_fn = self._sharded_fns(rows, num_samples, cache_len, sampling)
+      prefill_fn, decode_fn = self._sharded_fns(rows, num_samples, prompt_len, sampling)
       tokens_g, mask_g = multihost.host_to_global((tokens, mask), self.mesh, rows)
       cache, logits, prompt_lens = prefill_fn(params, tokens_g, mask_g)
-      rollout, _ = decode_fn(params, cache, logits, prompt_lens, rng)
+      rollout = decode_fn(params, cache, logits, prompt_lens, rng)
       rollout = multihost.global_to_host(rollout)
     return rollout.replace(prompt_tokens=np.repeat(tokens, num_samples, axis=0),
                            prompt_mask=np.repeat(mask, num_samples, axis=0))

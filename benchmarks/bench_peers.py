@@ -14,8 +14,10 @@ Every measurement runs in this one process, side by side, and reports the median
   `transformers`: `model.generate` on the same rows (torch on `--threads` threads); tunix:
   its `Sampler` over its Llama-3 model holding the same weights (its logits are checked against
   this project's first, and tunix 0.1.7's ignored RoPE theta is bound to the model's).
-- **prefill G=16 / G=1**: this project's prefill of the same prompts forked 16 ways, over forked
-  once; 1.0 would mean the fork is free.
+- **prefill G=16 / G=1**: this project's prefill of the same prompts for 16 rows each, over 1
+  row each. The rows share their prompt's cache (`transformer.SharedPrefix`): only the
+  next-token logits are repeated; each row's cache of generated tokens is made by decode,
+  whose time the generate benchmark counts.
 - **train steps** on `--train-rows` rows of `--prompt + --completion` tokens: this project's RL
   step (AGPO loss, one update per batch), its SFT step, and torch forward + backward + AdamW.
 - **limits**: the matmul peak of this machine measured with one large matmul, and from it the
@@ -133,13 +135,26 @@ def ours_generate(cfg: ModelConfig, params: Any, prompts: list[list[int]], group
       sampler.generate(params, prompts, group, jax.random.key(i), sp).tokens), repeats)
 
 
-def ours_prefill(cfg: ModelConfig, params: Any, prompts: list[list[int]], group: int,
-                 new: int, repeats: int) -> float:
+def ours_prefill(cfg: ModelConfig, params: Any, prompts: list[list[int]], groups: list[int],
+                 repeats: int) -> list[float]:
+  """Median prefill seconds for each of `groups` (rows per prompt), their calls interleaved
+  so that a machine slowing down or speeding up during the run biases none of them."""
   sampler = sampling.Sampler(cfg, pad_id=0)
   prompt_len = sampler.prompt_length(prompts)
   tokens, mask = sampling.left_pad(prompts, prompt_len, 0)
-  return median_seconds(lambda i: jax.block_until_ready(
-      sampler._prefill(group, prompt_len + new, params, tokens, mask)), repeats)  # noqa: SLF001
+
+  def run(group: int) -> None:
+    jax.block_until_ready(sampler._prefill(group, params, tokens, mask))  # noqa: SLF001
+
+  for group in groups:
+    run(group)  # compile
+  times: list[list[float]] = [[] for _ in groups]
+  for _ in range(repeats):
+    for i, group in enumerate(groups):
+      start = time.perf_counter()
+      run(group)
+      times[i].append(time.perf_counter() - start)
+  return [statistics.median(t) for t in times]
 
 
 def ours_decode_long_tail(cfg: ModelConfig, params: Any, prompts: list[list[int]], group: int,
@@ -153,13 +168,13 @@ def ours_decode_long_tail(cfg: ModelConfig, params: Any, prompts: list[list[int]
                                max_compactions=max_compactions)
   rows = len(prompts) * group
   limits = jnp.where(jnp.arange(rows) % 2 == 0, max(1, new // 5), new)
-  decode = jax.jit(functools.partial(sampling.decode, cfg, None, sp, 0), donate_argnums=(1,))
+  decode = jax.jit(functools.partial(sampling.decode, cfg, None, sp, 0))
 
   def run(i):
     cache, logits, prompt_lens = jax.block_until_ready(
-        sampler._prefill(group, prompt_len + new, params, tokens, mask))  # noqa: SLF001
+        sampler._prefill(group, params, tokens, mask))  # noqa: SLF001
     start = time.perf_counter()
-    rollout, _ = decode(params, cache, logits, prompt_lens, jax.random.key(i), limits)
+    rollout = decode(params, cache, logits, prompt_lens, jax.random.key(i), limits)
     jax.block_until_ready(rollout.tokens)
     return time.perf_counter() - start
 
@@ -211,26 +226,15 @@ def ours_train_steps(cfg: ModelConfig, params: Any, rows: int, prompt: int, comp
                           sft_batch(cfg, rows, prompt, completion), repeats)
 
 
-def ours_breakdown(cfg: ModelConfig, params: Any, prompts: list[list[int]], new: int, rows: int,
+def ours_breakdown(cfg: ModelConfig, params: Any, prompts: list[list[int]], rows: int,
                    prompt: int, completion: int, repeats: int) -> dict[str, float]:
-  """Where the prefill fork's and the train step's time goes (seconds, and the fork's bytes).
+  """Where the prefill's and the train step's time goes (seconds).
 
-  - `prefill`: the G = 1 prefill; `fork16`: `KVCache.repeat(16)` of its cache alone (what
-    G = 16 adds), with `fork16_bytes` the bytes it writes;
+  - `prefill`: the G = 1 prefill;
   - `sft_grad`: value-and-grad of the SFT loss alone; `sft_step`: the whole SFT step (adds the
     finite / spike guard, the gradient norm and AdamW).
   """
-  from agpo_jax.models.transformer import KVCache  # noqa: PLC0415
-  sampler = sampling.Sampler(cfg, pad_id=0)
-  prompt_len = sampler.prompt_length(prompts)
-  tokens, mask = sampling.left_pad(prompts, prompt_len, 0)
-  out = {"prefill": ours_prefill(cfg, params, prompts, 1, new, repeats)}
-  cache = jax.block_until_ready(
-      sampler._prefill(1, prompt_len + new, params, tokens, mask))[0]  # noqa: SLF001
-  fork = jax.jit(lambda c: KVCache.repeat(c, 16))
-  out["fork16"] = median_seconds(lambda i: jax.block_until_ready(fork(cache)), repeats)
-  out["fork16_bytes"] = 16 * sum(x.nbytes for x in jax.tree.leaves(cache))
-  del cache
+  out = {"prefill": ours_prefill(cfg, params, prompts, [1], repeats)[0]}
   batch = sft_batch(cfg, rows, prompt, completion)
   tokens_ = batch.tokens
   grad = jax.jit(jax.value_and_grad(lambda p, b: sft.sft_loss(cfg, p, b)[0]))
@@ -471,8 +475,7 @@ def main():
       rows.append(Row(what_row, generated / ours, "tunix Sampler", generated / theirs,
                       peak / per_token))
   if "prefill" in what:
-    one = ours_prefill(cfg, params, prompts, 1, args.new, args.repeats)
-    sixteen = ours_prefill(cfg, params, prompts, 16, args.new, args.repeats)
+    one, sixteen = ours_prefill(cfg, params, prompts, [1, 16], max(args.repeats, 7))
     rows.append(Row("prefill G=16 / G=1 (time ratio)", sixteen / one, unit="x"))
   if "compaction" in what:
     plain = ours_decode_long_tail(cfg, params, prompts, args.group, args.new, args.repeats, 0)
@@ -494,13 +497,10 @@ def main():
                     torch_s and tokens / torch_s, limit))
     rows.append(Row("RL step / SFT step (tokens/s ratio)", sft_s / rl_s, unit="x"))
   if "breakdown" in what:
-    parts = ours_breakdown(cfg, params, prompts, args.new, args.train_rows, args.prompt,
+    parts = ours_breakdown(cfg, params, prompts, args.train_rows, args.prompt,
                            args.completion, args.repeats)
     flops = 3 * per_token * args.train_rows * (args.prompt + args.completion)
-    print(f"breakdown: prefill G=1 {parts['prefill']:.3f} s; the fork to G=16 alone "
-          f"{parts['fork16']:.3f} s writing {parts['fork16_bytes'] / 1e9:.2f} GB "
-          f"({parts['fork16_bytes'] / parts['fork16'] / 1e9:.1f} GB/s), "
-          f"{parts['fork16'] / parts['prefill']:.2f} of the prefill")
+    print(f"breakdown: prefill G=1 {parts['prefill']:.3f} s")
     print(f"breakdown: SFT step {parts['sft_step']:.3f} s = value-and-grad "
           f"{parts['sft_grad']:.3f} s + guard, norm and AdamW "
           f"{parts['sft_step'] - parts['sft_grad']:.3f} s; the step's matmuls at the peak "

@@ -197,6 +197,34 @@ def test_kv_cache_decoding_matches_full_forward_on_padded_batch(scan_layers, rem
       np.testing.assert_allclose(cached[step][i], full[len(p) - 1 + step], atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("t", [1, 2])
+def test_shared_prefix_attention_equals_each_row_with_its_own_copy(t):
+  """`attend_cache` with a prefix shared by groups of 3 rows gives what the plain path gives
+  over each row's own cache with its prompt's slots copied in front (one softmax over both),
+  left padding and unwritten slots masked. Tolerance 1e-6 on float32 (summation order)."""
+  rng = np.random.default_rng(0)
+  prompts, group, kv, g, hd, p, s = 2, 3, 2, 2, 8, 5, 4
+  b = prompts * group
+  normal = lambda *shape: jnp.asarray(rng.normal(size=shape), jnp.float32)  # noqa: E731
+  q = normal(b, t, kv, g, hd)
+  prefix_k, prefix_v = normal(prompts, kv, hd, p), normal(prompts, kv, p, hd)
+  own_k, own_v = normal(b, kv, hd, s), normal(b, kv, s, hd)
+  prefix_valid = jnp.asarray([[False, False, True, True, True], [False, True, True, True, True]])
+  own_mask = jnp.asarray(rng.random((b, t, s)) < 0.6).at[:, :, 0].set(True)
+  got = T.attend_cache(q, own_k, own_v, own_mask, (prefix_k, prefix_v, prefix_valid))
+  row_prompt = jnp.arange(b) // group
+  flat_k = jnp.concatenate([prefix_k[row_prompt], own_k], axis=-1)
+  flat_v = jnp.concatenate([prefix_v[row_prompt], own_v], axis=-2)
+  flat_mask = jnp.concatenate(
+      [jnp.broadcast_to(prefix_valid[row_prompt][:, None], (b, t, p)), own_mask], axis=-1)
+  want = T.attend_cache(q, flat_k, flat_v, flat_mask)
+  np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
+  # A different prompt's prefix changes the answer: the rows really read their own group's.
+  swapped = T.attend_cache(q, own_k, own_v, own_mask,
+                           (prefix_k[::-1], prefix_v[::-1], prefix_valid[::-1]))
+  assert not np.allclose(swapped, want, atol=1e-3)
+
+
 def test_bfloat16_compute_is_close_to_float32():
   cfg = dataclasses.replace(SMALL, scan_layers=True)
   params = T.init_params(cfg, KEY)

@@ -87,9 +87,9 @@ _SCRIPT = textwrap.dedent(r"""
       res["greedy_equal"] = (np.array_equal(rollout.tokens, ref_rollout.tokens)
                              and np.array_equal(rollout.lengths, ref_rollout.lengths))
       res["greedy_logprobs_close"] = close(rollout.logprobs, ref_rollout.logprobs)
-      # The KV cache the sharded sampler creates, read off its compiled prefill.
+      # The prompts' KV cache the sharded sampler creates, read off its compiled prefill.
       prefill_fn, _ = sampling.Sampler(CFG, 0, mesh=mesh)._sharded_fns(
-          8, 2, 14, greedy)
+          8, 2, 8, greedy)
       res["cache_specs"] = [list(s.spec) for s in jax.tree.leaves(
           prefill_fn.lower(params["rbg"], jax.ShapeDtypeStruct((8, 8), np.int32),
                            jax.ShapeDtypeStruct((8, 8), bool)).compile().output_shardings[0])]
@@ -252,8 +252,7 @@ def test_kv_cache_is_created_sharded(shape):
   per_layer = [[rows, heads, None, None]]  # the subprocess model has one layer
   assert res["cache_specs"] == (per_layer  # k of each layer, [rows, kv heads, head dim, slot]
                                 + per_layer  # v of each layer, [rows, kv heads, slot, head dim]
-                                + [[rows, None],  # valid
-                                   []])  # write index
+                                + [[rows, None]])  # valid
 
 
 def test_fsdp_splits_activations_by_rows_like_data_parallelism():

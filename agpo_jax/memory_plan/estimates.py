@@ -7,8 +7,8 @@ described where they are used:
 
   * the prompt pass scores the prompt's positions among themselves (not against the cache's
     empty response slots).
-  * the sampler's decode updates the donated cache in place (one buffer per layer, read where
-    it lies); besides the cache it holds the blocks' weights unstacked once, the logits'
+  * the sampler's decode updates its cache of generated tokens in place and reads the prompts'
+    shared cache where it lies (one buffer per layer); besides the caches it holds the blocks' weights unstacked once, the logits'
     working set, the rollout buffers and, on one device, its compacted caches. When
     the query heads split over `tensor` and the KV heads do not (e.g. 4 query and 2 KV heads on
     tensor=4), the partitioner also re-lays-out the cache once per step: one more k-sized stack
@@ -204,14 +204,16 @@ def train_activations(cfg: ModelConfig, rows: int, prompt_len: int, response_len
   return saved + per_layer + logits + mask + final
 
 
-def kv_cache_bytes(cfg: ModelConfig, rows: int, cache_len: int, tensor: int = 1) -> int:
-  """Bytes of one device's part of `KVCache.zeros(cfg, rows, cache_len)` (k, v, valid, index).
+def kv_cache_bytes(cfg: ModelConfig, rows: int, cache_len: int, tensor: int = 1,
+                   index: bool = True) -> int:
+  """Bytes of one device's part of `KVCache.zeros(cfg, rows, cache_len)` (k, v, valid, index),
+  or without `index` of a `SharedPrefix` of the same shape (the sampler's prompt cache).
 
   `rows` are this device's rows; KV heads are split over `tensor` when they divide.
   """
   kv = _local(cfg.num_kv_heads, tensor)
   kv_bytes = cfg.num_layers * rows * kv * cache_len * cfg.head_dim * np.dtype(cfg.dtype).itemsize
-  return 2 * kv_bytes + rows * cache_len + 4  # k and v, valid (bool), index (int32)
+  return 2 * kv_bytes + rows * cache_len + 4 * index  # k and v, valid (bool), index (int32)
 
 
 def prefill_working_set(cfg: ModelConfig, prompts: int, prompt_len: int, cache_len: int,
@@ -233,17 +235,28 @@ def prefill_working_set(cfg: ModelConfig, prompts: int, prompt_len: int, cache_l
   return scores + qkv + mlp + stream
 
 
-def compaction_cache_fraction(max_compactions: int) -> float:
-  """Extra cache the decode loop's compactions hold, as a fraction of the cache: the largest
-  compacted cache, half the rows (`sampling.decode`; XLA reuses its buffer for the smaller
-  ones: measured 0.44x the cache on XLA:CPU with two compactions)."""
-  return 0.5 if max_compactions else 0.0
+def compacted_cache_bytes(cfg: ModelConfig, rows: int, cache_len: int, response_len: int,
+                          max_compactions: int, tensor: int = 1) -> int:
+  """What the decode loop's compactions add to its caches (`sampling.decode`, one device).
+
+  The largest compacted cache holds half the rows over prompt and generated slots (each row
+  takes a copy of its prompt's cache). It is gathered one layer at a time while the first
+  phase's per-layer buffers die, so it costs one layer's part plus whatever it needs beyond
+  the first phase's cache of generated tokens; XLA reuses the same buffers for the smaller
+  phases after it.
+  """
+  if not max_compactions:
+    return 0
+  c = np.dtype(cfg.dtype).itemsize
+  per_slot = 2 * _local(cfg.num_kv_heads, tensor) * cfg.head_dim * c * cfg.num_layers
+  half = (rows // 2) * cache_len * per_slot
+  return max(0, half - rows * response_len * per_slot) + half // cfg.num_layers
 
 
 def decode_extra_bytes(cfg: ModelConfig, rows: int, cache_len: int, response_len: int,
                        tensor: int = 1, block_weight_bytes: int = 0,
                        max_compactions: int = 0, unstacked: bool = False) -> int:
-  """What a decode step holds besides the donated cache (updated in place), on one device.
+  """What a decode step holds besides its caches (updated or read in place), on one device.
 
   DECODE_LOGIT_COPIES float32 [rows, V], one layer's scores and the rollout buffers; on one
   device (`unstacked`), the blocks' weights unstacked once before the loop
@@ -261,7 +274,8 @@ def decode_extra_bytes(cfg: ModelConfig, rows: int, cache_len: int, response_len
     relayout = cfg.num_layers * layer_kv // 2
   compacted = weights = 0
   if unstacked:
-    compacted = int(compaction_cache_fraction(max_compactions) * cfg.num_layers * layer_kv)
+    compacted = compacted_cache_bytes(cfg, rows, cache_len, response_len, max_compactions,
+                                      tensor)
     weights = block_weight_bytes if cfg.scan_layers else 0
   logits = DECODE_LOGIT_COPIES * rows * _local(cfg.vocab_size, tensor) * _F32
   scores = rows * _local(cfg.num_heads, tensor) * cache_len * (_F32 + c)

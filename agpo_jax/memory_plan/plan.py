@@ -27,10 +27,11 @@ class MemoryPlan:
   (one float32 gradient tree, two with micro-batches: the accumulator and the micro-batch's)
   plus `activations`; during the optimizer update `update_temp` (the gradients and the
   update's temporaries: two gradient trees, measured).
-  Sample phase, per generate call of `sample_rows` rows: `kv_cache` (updated in place),
-  `decode_extra` (the decode step's working set and rollout buffers), `prefill_working` (one
-  layer of the prompt pass), `prompt_cache` (the cache of the prompts before it is forked G
-  ways), `sample_gather`.
+  Sample phase, per generate call of `sample_rows` rows: `prompt_cache` (the prompts' keys and
+  values, shared by each prompt's G rows, held through decode), `prefill_working` (one layer
+  of the prompt pass), `kv_cache` (each row's cache of its generated tokens, updated in
+  place), `decode_extra` (the decode step's working set and rollout buffers),
+  `sample_gather`.
 
   `replan(**changes)` re-plans with some of `plan_memory`'s arguments changed.
   """
@@ -93,12 +94,12 @@ class MemoryPlan:
 
   @property
   def prefill_peak(self) -> int:
-    # The prompts' cache, then one layer at a time; at the end the forked cache coexists with it.
-    return self.prompt_cache + max(self.prefill_working, self.kv_cache)
+    # The prompts' cache, filled one layer at a time.
+    return self.prompt_cache + self.prefill_working
 
   @property
   def decode_peak(self) -> int:
-    return self.kv_cache + self.decode_extra
+    return self.prompt_cache + self.kv_cache + self.decode_extra
 
   @property
   def sample_total(self) -> int:
@@ -127,11 +128,11 @@ class MemoryPlan:
         ("train: rollout batch arrays", self.train_batch),
         ("train: FSDP-gathered weights", self.train_gather),
         ("= train total", self.train_total),
-        ("sample: KV cache (updated in place)", self.kv_cache),
+        ("sample: prompt cache (shared by each prompt's rows)", self.prompt_cache),
+        ("sample: prefill working set (one layer)", self.prefill_working),
+        ("sample: KV cache of the generated tokens (updated in place)", self.kv_cache),
         ("sample: decode working set (weights unstacked, logits, compacted caches)",
          self.decode_extra),
-        ("sample: prompt cache before the G-way fork", self.prompt_cache),
-        ("sample: prefill working set (one layer)", self.prefill_working),
         ("sample: FSDP-gathered weights", self.sample_gather),
         ("= sample total", self.sample_total),
         ("= peak", self.peak),
@@ -268,14 +269,14 @@ def plan_memory(model_cfg: ModelConfig, axis_sizes: dict[str, int], *, prompt_le
       train_batch=estimates.train_batch_bytes(step_rows, prompt, response_len, old_logp,
                                               ref_params),
       activations=activations, train_gather=2 * gather,
-      kv_cache=estimates.kv_cache_bytes(model_cfg, n, cache_len, tensor),
+      kv_cache=estimates.kv_cache_bytes(model_cfg, n, response_len, tensor),
       decode_extra=estimates.decode_extra_bytes(
           model_cfg, n, cache_len, response_len, tensor, pb.layer_shard,
           compactions_used(max_compactions, response_len, one_device),
           unstacked=one_device),
       prefill_working=estimates.prefill_working_set(model_cfg, prompts, prompt, cache_len,
                                                     tensor),
-      prompt_cache=estimates.kv_cache_bytes(model_cfg, prompts, cache_len, tensor),
+      prompt_cache=estimates.kv_cache_bytes(model_cfg, prompts, prompt, tensor, index=False),
       sample_gather=gather, notes=tuple(notes), inputs=inputs)
 
 

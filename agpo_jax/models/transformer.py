@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -47,6 +47,32 @@ def _constrain_rows(x: Array, rows_sharding: Any) -> Array:
   return x if rows_sharding is None else jax.lax.with_sharding_constraint(x, rows_sharding)
 
 
+class SharedPrefix(struct.PyTreeNode):
+  """The prompts' keys and values, read by groups of consecutive decode rows.
+
+  The sampler prefills each prompt once; its G sample rows then attend to this one copy
+  (`attend_cache`) instead of G forked copies: the fork writes nothing, and a decode step reads
+  each prompt's keys once per group rather than once per row.
+
+  Attributes:
+    k: tuple of `num_layers` arrays `[prompts, kv_heads, head_dim, prompt_len]`.
+    v: tuple of `num_layers` arrays `[prompts, kv_heads, prompt_len, head_dim]`.
+    valid: `[prompts, prompt_len]` bool; False for left padding.
+    group: rows per prompt: decode rows `b*group .. b*group + group-1` read prompt b.
+  """
+
+  k: tuple[Array, ...]
+  v: tuple[Array, ...]
+  valid: Array
+  group: int = struct.field(pytree_node=False, default=1)
+
+  def take(self, rows: Array) -> "SharedPrefix":
+    """The prefix of decode `rows` (indices into the batch), one copy per row (group 1)."""
+    pick = lambda x: x[rows // self.group]  # noqa: E731
+    return SharedPrefix(k=tuple(map(pick, self.k)), v=tuple(map(pick, self.v)),
+                        valid=pick(self.valid), group=1)
+
+
 class KVCache(struct.PyTreeNode):
   """Keys and values of every layer, plus which slots hold real tokens.
 
@@ -60,21 +86,26 @@ class KVCache(struct.PyTreeNode):
     v: tuple of `num_layers` arrays `[batch, kv_heads, max_len, head_dim]`.
     valid: `[batch, max_len]` bool; False for left padding and unwritten slots.
     index: `[]` int32, the next slot to write.
+    prefix: optional `SharedPrefix` every row also attends to, before its own slots (the
+      sampler's prompts; the cache then holds the generated tokens only).
   """
 
   k: tuple[Array, ...]
   v: tuple[Array, ...]
   valid: Array
   index: Array
+  prefix: SharedPrefix | None = None
 
   @classmethod
-  def zeros(cls, cfg: ModelConfig, batch: int, max_len: int) -> "KVCache":
+  def zeros(cls, cfg: ModelConfig, batch: int, max_len: int,
+            prefix: SharedPrefix | None = None) -> "KVCache":
     v_shape = (batch, cfg.num_kv_heads, max_len, cfg.head_dim)
     k_shape = (batch, cfg.num_kv_heads, cfg.head_dim, max_len)
     dtype = jnp.dtype(cfg.dtype)
     return cls(k=tuple(jnp.zeros(k_shape, dtype) for _ in range(cfg.num_layers)),
                v=tuple(jnp.zeros(v_shape, dtype) for _ in range(cfg.num_layers)),
-               valid=jnp.zeros((batch, max_len), bool), index=jnp.zeros((), jnp.int32))
+               valid=jnp.zeros((batch, max_len), bool), index=jnp.zeros((), jnp.int32),
+               prefix=prefix)
 
   @property
   def max_len(self) -> int:
@@ -84,13 +115,19 @@ class KVCache(struct.PyTreeNode):
     """The cache of `rows` (indices into the batch), in that order."""
     pick = lambda x: x[rows]  # noqa: E731
     return self.replace(k=tuple(map(pick, self.k)), v=tuple(map(pick, self.v)),
-                        valid=pick(self.valid))
+                        valid=pick(self.valid),
+                        prefix=None if self.prefix is None else self.prefix.take(rows))
 
-  def repeat(self, n: int) -> "KVCache":
-    """Each row `n` times, consecutively: row b becomes rows b*n .. b*n+n-1."""
-    rep = lambda x: jnp.repeat(x, n, axis=0)  # noqa: E731
-    return self.replace(k=tuple(map(rep, self.k)), v=tuple(map(rep, self.v)),
-                        valid=rep(self.valid))
+
+class LayerCache(NamedTuple):
+  """One layer's part of a `KVCache`, as a block reads and updates it: its own `k`, `v` and,
+  with a shared prefix, the prefix's keys, values and valid slots (read only)."""
+
+  k: Array
+  v: Array
+  prefix_k: Array | None = None
+  prefix_v: Array | None = None
+  prefix_valid: Array | None = None
 
 
 def _param(module: nn.Module, name: str, shape: tuple[int, ...], axes: tuple[str, ...],
@@ -150,15 +187,15 @@ class Attention(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, positions: Array, mask: Array,
-               cache: tuple[Array, Array] | None, cache_index: Array | None,
+               cache: LayerCache | None, cache_index: Array | None,
                fresh: bool = False):
-    """x `[B, T, D]`, mask `[B, T, S]` -> (out `[B, T, D]`, updated (k, v) or None).
+    """x `[B, T, D]`, mask `[B, T, S]` -> (out `[B, T, D]`, updated `LayerCache` or None).
 
-    `cache` is this layer's (k, v), each `[B, KV, S, hd]`, its own buffers: the T new keys and
-    values are written at `cache_index` and the queries attend to the buffers directly, so a
-    decode loop carrying them updates them in place and reads them without a copy. With
-    `fresh` (a prefill into an empty cache) the queries attend to the T new keys alone and
-    `mask` is `[B, T, T]`: the empty slots cost nothing.
+    `cache` is this layer's `LayerCache`, its k and v their own buffers: the T new keys and
+    values are written at `cache_index` and the queries attend to the buffers directly (and to
+    the cache's shared prefix, if any), so a decode loop carrying them updates them in place
+    and reads them without a copy. With `fresh` (a prefill into an empty cache) the queries
+    attend to the T new keys alone and `mask` is `[B, T, T]`: the empty slots cost nothing.
     """
     cfg = self.cfg
     dtype = jnp.dtype(cfg.dtype)
@@ -196,7 +233,7 @@ class Attention(nn.Module):
       out = attend(q, k, v, mask, cfg.attention)
     new_cache = None
     if cache is not None:
-      cache_k, cache_v = cache
+      cache_k, cache_v = cache.k, cache.v
       # Keys are stored transposed, [B, KV, hd, S]: a decode step's scores are then one plain
       # batched matmul q @ k over the cache (on one CPU core, 30 layers of SmolLM2 at 64 rows
       # x 192 slots: 32 ms against 152 ms for the same einsum over [B, KV, S, hd] keys).
@@ -205,8 +242,11 @@ class Attention(nn.Module):
       cache_v = jax.lax.dynamic_update_slice(
           cache_v, v.transpose(0, 2, 1, 3).astype(cache_v.dtype), (0, 0, cache_index, 0))
       if not fresh:
-        out = attend_cache(q, cache_k, cache_v, mask)
-      new_cache = (cache_k, cache_v)
+        prefix = None
+        if cache.prefix_k is not None:
+          prefix = (cache.prefix_k, cache.prefix_v, cache.prefix_valid)
+        out = attend_cache(q, cache_k, cache_v, mask, prefix)
+      new_cache = cache._replace(k=cache_k, v=cache_v)
     out = out.reshape(b, t, h, hd)
     return jnp.einsum("bthk,hkd->btd", out, wo.astype(dtype)), new_cache
 
@@ -283,18 +323,52 @@ def _splash_attention(q: Array, k: Array, v: Array, valid: Array) -> Array:
   return out.transpose(0, 3, 1, 2, 4)[:, :t]
 
 
-def attend_cache(q: Array, cache_k: Array, cache_v: Array, mask: Array) -> Array:
+def attend_cache(q: Array, cache_k: Array, cache_v: Array, mask: Array,
+                 prefix: tuple[Array, Array, Array] | None = None) -> Array:
   """`attend` over one layer's cache: keys `[B, KV, hd, S]` (transposed), values
-  `[B, KV, S, hd]`; q `[B, T, KV, G, hd]`, mask `[B, T, S]` -> `[B, T, KV, G, hd]`."""
+  `[B, KV, S, hd]`; q `[B, T, KV, G, hd]`, mask `[B, T, S]` -> `[B, T, KV, G, hd]`.
+
+  `prefix` (k `[Bp, KV, hd, P]`, v `[Bp, KV, P, hd]`, valid `[Bp, P]`) is a shared prefix
+  (`SharedPrefix`) every query also attends to, rows `b*R .. b*R + R-1` (R = B / Bp) reading
+  prefix b: the R rows' queries meet its keys in one matmul, so the prefix is read once per
+  group. One softmax spans prefix and cache (their maxima and sums combined).
+  """
   b, t, kv, g, hd = q.shape
   dtype = q.dtype
+  scale = 1.0 / math.sqrt(hd)
   qm = q.transpose(0, 2, 1, 3, 4).reshape(b, kv, t * g, hd)
-  scores = jnp.matmul(qm, cache_k.astype(dtype)).astype(jnp.float32) / math.sqrt(hd)
+  scores = jnp.matmul(qm, cache_k.astype(dtype)).astype(jnp.float32) * scale
   scores = scores.reshape(b, kv, t, g, -1)
   scores = jnp.where(mask[:, None, :, None, :], scores, _NEG_INF)
-  probs = jax.nn.softmax(scores, axis=-1).astype(dtype).reshape(b, kv, t * g, -1)
-  out = jnp.matmul(probs, cache_v.astype(dtype)).reshape(b, kv, t, g, hd)
-  return out.transpose(0, 2, 1, 3, 4)
+  if prefix is None:
+    probs = jax.nn.softmax(scores, axis=-1).astype(dtype).reshape(b, kv, t * g, -1)
+    out = jnp.matmul(probs, cache_v.astype(dtype)).reshape(b, kv, t, g, hd)
+    return out.transpose(0, 2, 1, 3, 4)
+  prefix_k, prefix_v, prefix_valid = prefix
+  bp, p = prefix_k.shape[0], prefix_k.shape[-1]
+  r = b // bp
+
+  def to_rows(x: Array) -> Array:  # [Bp, KV, R, T, G, ...] -> [B, KV, T, G, ...]
+    x = x.reshape(bp, kv, r, t, g, *x.shape[5:]).swapaxes(1, 2)
+    return x.reshape(b, kv, t, g, *x.shape[5:])
+
+  def to_groups(x: Array) -> Array:  # [B, KV, T, G, ...] -> [Bp, KV, R, T, G, ...]
+    return x.reshape(bp, r, kv, t, g, *x.shape[4:]).swapaxes(1, 2)
+
+  qp = to_groups(q.transpose(0, 2, 1, 3, 4)).reshape(bp, kv, r * t * g, hd)
+  prefix_scores = jnp.matmul(qp, prefix_k.astype(dtype)).astype(jnp.float32) * scale
+  prefix_scores = prefix_scores.reshape(bp, kv, r, t, g, p)
+  prefix_scores = jnp.where(prefix_valid[:, None, None, None, None, :], prefix_scores, _NEG_INF)
+  top = jnp.maximum(jnp.max(scores, axis=-1), to_rows(jnp.max(prefix_scores, axis=-1)))
+  weights = jnp.exp(scores - top[..., None])
+  prefix_weights = jnp.exp(prefix_scores - to_groups(top)[..., None])
+  total = jnp.sum(weights, axis=-1) + to_rows(jnp.sum(prefix_weights, axis=-1))
+  out = jnp.matmul(weights.astype(dtype).reshape(b, kv, t * g, -1), cache_v.astype(dtype))
+  prefix_out = jnp.matmul(prefix_weights.astype(dtype).reshape(bp, kv, r * t * g, p),
+                          prefix_v.astype(dtype))
+  out = (out.reshape(b, kv, t, g, hd).astype(jnp.float32)
+         + to_rows(prefix_out.reshape(bp, kv, r, t, g, hd)).astype(jnp.float32))
+  return (out / total[..., None]).astype(dtype).transpose(0, 2, 1, 3, 4)
 
 
 class MLP(nn.Module):
@@ -315,8 +389,8 @@ class MLP(nn.Module):
 class Block(nn.Module):
   """Pre-norm decoder block. Signature fits `nn.scan`: (carry, scanned, *broadcast).
 
-  Without a cache the carry is the hidden states `x`. With one, the carry is (x, k, v) with
-  this layer's keys and values (`forward_cached`), which the block updates in place.
+  Without a cache the carry is the hidden states `x`. With one, the carry is (x, LayerCache)
+  with this layer's keys and values (`forward_cached`), which the block updates in place.
   """
 
   cfg: ModelConfig
@@ -327,17 +401,14 @@ class Block(nn.Module):
                fresh: bool = False):
     del unused  # the scanned input slot of `nn.scan`
     cfg = self.cfg
-    if isinstance(carry, tuple):
-      x, cache = carry[0], carry[1:]
-    else:
-      x, cache = carry, None
+    x, cache = carry if isinstance(carry, tuple) else (carry, None)
     x = _constrain_rows(x, self.rows_sharding)
     attn_out, new_cache = Attention(cfg, name="attn")(
         RMSNorm(cfg.rms_eps, cfg.param_dtype, name="attn_norm")(x), positions, mask,
         cache, cache_index, fresh)
     x = x + attn_out
     x = x + MLP(cfg, name="mlp")(RMSNorm(cfg.rms_eps, cfg.param_dtype, name="mlp_norm")(x))
-    return (x if new_cache is None else (x, *new_cache)), None
+    return (x if new_cache is None else (x, new_cache)), None
 
 
 class Transformer(nn.Module):
@@ -429,7 +500,8 @@ def forward_cached(cfg: ModelConfig, params: dict, tokens: Array, positions: Arr
                    rows_sharding: Any = None, fresh: bool = False):
   """The decoder over a `KVCache`: the T new tokens are written at `cache.index` and attend to
   every valid slot at or before their own (prefill: the whole left-padded prompt; a decode
-  step: one token). Same parameters and results as `forward`.
+  step: one token). With a `cache.prefix` they also attend to all of its valid slots, which
+  come before the cache's own. Same parameters and results as `forward`.
 
   The layers run unrolled whatever `cfg.scan_layers` (a scanned model's block parameters are
   sliced per layer), each on its own cache buffers, which a decode loop then updates and reads
@@ -448,14 +520,20 @@ def forward_cached(cfg: ModelConfig, params: dict, tokens: Array, positions: Arr
     query_slot = cache.index + jnp.arange(t)
     causal = jnp.arange(cache.max_len)[None, :] <= query_slot[:, None]  # [T, S]
     mask = causal[None] & valid[:, None, :]
+  prefix = cache.prefix
+  if prefix is not None and fresh:
+    raise ValueError("a fresh (prefill) pass writes a cache of its own: no shared prefix")
   block = Block(cfg, rows_sharding)
   ks, vs = [], []
   for i in range(cfg.num_layers):
-    (x, k, v), _ = block.apply({"params": layer_params(cfg, params, i)},
-                               (x, cache.k[i], cache.v[i]), None, positions, mask, cache.index,
-                               fresh)
-    ks.append(k)
-    vs.append(v)
+    layer = LayerCache(cache.k[i], cache.v[i])
+    if prefix is not None:
+      layer = layer._replace(prefix_k=prefix.k[i], prefix_v=prefix.v[i],
+                             prefix_valid=prefix.valid)
+    (x, layer), _ = block.apply({"params": layer_params(cfg, params, i)}, (x, layer), None,
+                                positions, mask, cache.index, fresh)
+    ks.append(layer.k)
+    vs.append(layer.v)
   x = RMSNorm(cfg.rms_eps, cfg.param_dtype).apply({"params": params["final_norm"]}, x)
   x = _constrain_rows(x, rows_sharding)
   new_cache = cache.replace(k=tuple(ks), v=tuple(vs), valid=valid, index=cache.index + t)

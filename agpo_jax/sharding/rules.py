@@ -190,15 +190,19 @@ def data_parallel_size(mesh: Mesh) -> int:
   return math.prod(mesh.shape[a] for a in BATCH_AXES)
 
 
-def cache_shardings(model_cfg: ModelConfig, rows: int, max_len: int, mesh: Mesh) -> Any:
-  """A `KVCache` of shardings: every layer's k and v by `transformer.K_CACHE_AXES` and
-  `V_CACHE_AXES` (rows over data x fsdp, KV heads over tensor when they divide), `valid` by
-  rows, the write index replicated."""
+def cache_shardings(model_cfg: ModelConfig, rows: int, max_len: int, mesh: Mesh,
+                    group: int | None = None) -> Any:
+  """A `KVCache` of shardings (a `SharedPrefix` of them, read by groups of `group` rows, when
+  `group` is given): every layer's k and v by `transformer.K_CACHE_AXES` and `V_CACHE_AXES`
+  (rows over data x fsdp, KV heads over tensor when they divide), `valid` by rows, the write
+  index replicated."""
   v_shape = (rows, model_cfg.num_kv_heads, max_len, model_cfg.head_dim)
   k_shape = (rows, model_cfg.num_kv_heads, model_cfg.head_dim, max_len)
   k = (logical_sharding(transformer.K_CACHE_AXES, k_shape, mesh),) * model_cfg.num_layers
   v = (logical_sharding(transformer.V_CACHE_AXES, v_shape, mesh),) * model_cfg.num_layers
   valid = logical_sharding(("batch", "cache_seq"), (rows, max_len), mesh)
+  if group is not None:
+    return transformer.SharedPrefix(k=k, v=v, valid=valid, group=group)
   return transformer.KVCache(k=k, v=v, valid=valid, index=replicated(mesh))
 
 
