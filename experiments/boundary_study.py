@@ -403,6 +403,23 @@ def frontier_base_point(workdir: pathlib.Path, problems: int, k_high: int,
           float(per_problem_pass(records, ids, k_high).mean()))
 
 
+def _plot_delta(result: dict, labels: list[str], out: pathlib.Path) -> None:
+  """`passk_delta.png`: each arm's pass@k minus the base's, with its bootstrap band."""
+  base_curve = result["base"]["pass@k"]
+  delta = {label: {k: 100 * (v[0] - base_curve[k])
+                   for k, v in result["arms"][label]["pass@k"].items() if k in base_curve}
+           for label in labels}
+  delta_bands = {label: tuple({k: 100 * ci[i] for k, ci in
+                               result["arms"][label]["ci_curve"].items() if k in delta[label]}
+                              for i in (0, 1))
+                 for label in labels if result["arms"][label].get("ci_curve")}
+  fig = plots.plot_pass_at_k(delta, f"{result['split']} pass@k − base pass@k (points), "
+                             "95% bootstrap CI", out / "passk_delta.png", delta_bands)
+  fig.axes[0].set_ylabel("Δ pass@k (points)")
+  fig.axes[0].axhline(0.0, color="black", linewidth=0.8)
+  fig.savefig(out / "passk_delta.png", format="png", dpi=120)
+
+
 def write_outputs(result: dict, out: pathlib.Path, workdir: pathlib.Path | None = None,
                   frontier_problems: int = 0, train_result: dict | None = None,
                   command: str = "") -> None:
@@ -434,27 +451,15 @@ def write_outputs(result: dict, out: pathlib.Path, workdir: pathlib.Path | None 
   (out / "boundary_results.json").write_text(json.dumps(compact) + "\n")
 
   title = f"{result['split']} pass@k, mean ± std over seeds"
-  curves, bands = _curves(result, main)
-  plots.plot_pass_at_k(curves, title, out / "passk_main.png", bands)
+  if main:  # a study of variants alone (e.g. --arms of learning rates) has no main figure
+    curves, bands = _curves(result, main)
+    plots.plot_pass_at_k(curves, title, out / "passk_main.png", bands)
+    _plot_delta(result, main, out)
   if variants:
     family = [label for label in main if label in ("grpo", "agpo")] + [
         label for label in variants if "[lr=" not in label]
     curves, bands = _curves(result, family)
     plots.plot_pass_at_k(curves, title + " (AGPO variants)", out / "passk_agpo.png", bands)
-  delta_labels = main
-  base_curve = result["base"]["pass@k"]
-  delta = {label: {k: 100 * (v[0] - base_curve[k])
-                   for k, v in result["arms"][label]["pass@k"].items() if k in base_curve}
-           for label in delta_labels}
-  delta_bands = {label: tuple({k: 100 * ci[i] for k, ci in
-                               result["arms"][label]["ci_curve"].items() if k in delta[label]}
-                              for i in (0, 1))
-                 for label in delta_labels if result["arms"][label].get("ci_curve")}
-  fig = plots.plot_pass_at_k(delta, f"{result['split']} pass@k − base pass@k (points), "
-                             "95% bootstrap CI", out / "passk_delta.png", delta_bands)
-  fig.axes[0].set_ylabel("Δ pass@k (points)")
-  fig.axes[0].axhline(0.0, color="black", linewidth=0.8)
-  fig.savefig(out / "passk_delta.png", format="png", dpi=120)
   if main:
     reports = {}
     for label in main:  # seed 0's run (or the first available) per method
