@@ -471,7 +471,8 @@ def write_outputs(result: dict, out: pathlib.Path, workdir: pathlib.Path | None 
   if workdir is not None and any(r["frontier"] for a in result["arms"].values()
                                  for r in a["runs"]):
     base_point = frontier_base_point(workdir, frontier_problems, k_high, result["split"])
-    plot_frontier(result, main, out / "frontier.png", base_point, k_high)
+    if main:
+      plot_frontier(result, main, out / "frontier.png", base_point, k_high)
     anchors = [label for label in main if label in ("grpo", "agpo", "agpo[mask_shared]")]
     budget = ("[lr=", "[minibatches=")
     constants = [label for label in variants if not any(b in label for b in budget)]

@@ -95,6 +95,20 @@ def test_table_and_outputs(tmp_path):
   assert "| grpo | 1 | +6.2 [" in (out / "boundary_table.md").read_text()
 
 
+def test_outputs_of_a_study_without_main_arms(tmp_path):
+  """A study of variants alone (e.g. `--arms` listing learning-rate arms) writes its tables and
+  variant figure, and no main-method figures."""
+  _fake_study(tmp_path)
+  variants = [arm for arm in ARMS if not arm.main]
+  assert variants
+  result = study.analyze(tmp_path, variants, seeds=[0, 1], ks=[1, 4], num_resamples=20)
+  out = tmp_path / "variants_only"
+  study.write_outputs(result, out, tmp_path, frontier_problems=0)
+  assert (out / "boundary_table.md").stat().st_size > 0
+  assert (out / "passk_agpo.png").stat().st_size > 0
+  assert not (out / "passk_main.png").exists() and not (out / "passk_delta.png").exists()
+
+
 def test_missing_base_is_an_error(tmp_path):
   with pytest.raises(FileNotFoundError, match="no base count file"):
     study.analyze(tmp_path, ARMS, seeds=[0], ks=[1], num_resamples=0)
