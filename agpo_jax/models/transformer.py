@@ -97,15 +97,13 @@ class KVCache(struct.PyTreeNode):
   prefix: SharedPrefix | None = None
 
   @classmethod
-  def zeros(cls, cfg: ModelConfig, batch: int, max_len: int,
-            prefix: SharedPrefix | None = None) -> "KVCache":
+  def zeros(cls, cfg: ModelConfig, batch: int, max_len: int) -> "KVCache":
     v_shape = (batch, cfg.num_kv_heads, max_len, cfg.head_dim)
     k_shape = (batch, cfg.num_kv_heads, cfg.head_dim, max_len)
     dtype = jnp.dtype(cfg.dtype)
     return cls(k=tuple(jnp.zeros(k_shape, dtype) for _ in range(cfg.num_layers)),
                v=tuple(jnp.zeros(v_shape, dtype) for _ in range(cfg.num_layers)),
-               valid=jnp.zeros((batch, max_len), bool), index=jnp.zeros((), jnp.int32),
-               prefix=prefix)
+               valid=jnp.zeros((batch, max_len), bool), index=jnp.zeros((), jnp.int32))
 
   @property
   def max_len(self) -> int:
