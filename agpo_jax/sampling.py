@@ -210,9 +210,7 @@ def prefill(model_cfg: ModelConfig, rows_sharding: Any, num_samples: int, params
   # Only the last column is needed: projecting [B, P, V] would dominate prefill for big vocabs.
   logits = transformer.logits_from_hidden(model_cfg, params, hidden[:, -1])
   prompt_lens = jnp.sum(input_mask, axis=-1, dtype=jnp.int32)
-  prompt_cache = transformer.SharedPrefix(k=cache.k, v=cache.v, valid=cache.valid,
-                                          group=num_samples)
-  return (prompt_cache, jnp.repeat(logits, num_samples, axis=0),
+  return (cache.shared(num_samples), jnp.repeat(logits, num_samples, axis=0),
           jnp.repeat(prompt_lens, num_samples))
 
 

@@ -102,9 +102,8 @@ _SCRIPT = textwrap.dedent(r"""
     sp = sampling.SamplingParams(temperature=1.0, top_p=0.9, max_new_tokens=new)
     mesh = rules.make_mesh(dict(data=1, fsdp=8, tensor=1))
     _, decode = sampling.Sampler(cfg, 0, mesh=mesh)._sharded_fns(rows, 1, cache_len - new, sp)
-    cache = jax.eval_shape(lambda: transformer.SharedPrefix(
-        **{f: getattr(transformer.KVCache.zeros(cfg, rows, cache_len - new), f)
-           for f in ("k", "v", "valid")}))
+    cache = jax.eval_shape(
+        lambda: transformer.KVCache.zeros(cfg, rows, cache_len - new).shared(1))
     compiled = decode.lower(transformer.abstract_params(cfg), cache,
                             jax.ShapeDtypeStruct((rows, cfg.vocab_size), jnp.float32),
                             jax.ShapeDtypeStruct((rows,), jnp.int32), jax.random.key(0)).compile()
@@ -353,9 +352,8 @@ def test_decode_updates_the_cache_in_place_as_the_plan_says():
   cfg = DECODE_CFG
   rows, cache_len, new = DECODE_SHAPE
   params = transformer.abstract_params(cfg)
-  prompt_cache = jax.eval_shape(lambda: transformer.SharedPrefix(
-      **{f: getattr(transformer.KVCache.zeros(cfg, rows, cache_len - new), f)
-         for f in ("k", "v", "valid")}))
+  prompt_cache = jax.eval_shape(
+      lambda: transformer.KVCache.zeros(cfg, rows, cache_len - new).shared(1))
   sp = sampling.SamplingParams(temperature=1.0, top_p=0.9, max_new_tokens=new)
   decode = jax.jit(functools.partial(sampling.decode, cfg, None), static_argnums=(0, 1))
   analysis = decode.lower(sp, 0, params, prompt_cache,

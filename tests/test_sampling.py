@@ -171,9 +171,7 @@ def test_decode_updates_the_kv_cache_in_place(scan_layers):
   cfg = dataclasses.replace(CFG, num_layers=4, max_seq_len=256, scan_layers=scan_layers)
   prompts, group, prompt_len, new = 8, 4, 64, 192
   rows = prompts * group
-  prompt_cache = jax.eval_shape(lambda: T.SharedPrefix(
-      **{f: getattr(T.KVCache.zeros(cfg, prompts, prompt_len), f) for f in ("k", "v", "valid")},
-      group=group))
+  prompt_cache = jax.eval_shape(lambda: T.KVCache.zeros(cfg, prompts, prompt_len).shared(group))
   own_bytes = _nbytes(jax.eval_shape(lambda: T.KVCache.zeros(cfg, rows, new)))
   forked_bytes = _nbytes(jax.eval_shape(lambda: T.KVCache.zeros(cfg, rows, prompt_len + new)))
   for compactions, bound in ((0, 1.25 * own_bytes), (2, own_bytes + 0.5 * forked_bytes)):

@@ -8,8 +8,9 @@ described where they are used:
   * the prompt pass scores the prompt's positions among themselves (not against the cache's
     empty response slots).
   * the sampler's decode updates its cache of generated tokens in place and reads the prompts'
-    shared cache where it lies (one buffer per layer); besides the caches it holds the blocks' weights unstacked once, the logits'
-    working set, the rollout buffers and, on one device, its compacted caches. When
+    shared cache where it lies (one buffer per layer); besides the caches it holds the blocks'
+    weights unstacked once, the logits' working set, the rollout buffers and, on one device,
+    its compacted caches. When
     the query heads split over `tensor` and the KV heads do not (e.g. 4 query and 2 KV heads on
     tensor=4), the partitioner also re-lays-out the cache once per step: one more k-sized stack
     (measured 0.75x the cache on XLA:CPU, where otherwise 0.3x).

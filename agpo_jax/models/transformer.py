@@ -109,6 +109,11 @@ class KVCache(struct.PyTreeNode):
   def max_len(self) -> int:
     return self.v[0].shape[2]
 
+  def shared(self, group: int) -> SharedPrefix:
+    """This cache's keys, values and valid slots as a `SharedPrefix` read by groups of `group`
+    rows (the sampler's prompt cache)."""
+    return SharedPrefix(k=self.k, v=self.v, valid=self.valid, group=group)
+
   def take(self, rows: Array) -> "KVCache":
     """The cache of `rows` (indices into the batch), in that order."""
     pick = lambda x: x[rows]  # noqa: E731
