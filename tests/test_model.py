@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from agpo_jax.models import attention
 from agpo_jax.models import transformer as T
 from agpo_jax.defaults import model_config
 from agpo_jax.models.config import PRESETS, ModelConfig, resolve_model_config
@@ -211,16 +212,16 @@ def test_shared_prefix_attention_equals_each_row_with_its_own_copy(t):
   own_k, own_v = normal(b, kv, hd, s), normal(b, kv, s, hd)
   prefix_valid = jnp.asarray([[False, False, True, True, True], [False, True, True, True, True]])
   own_mask = jnp.asarray(rng.random((b, t, s)) < 0.6).at[:, :, 0].set(True)
-  got = T.attend_cache(q, own_k, own_v, own_mask, (prefix_k, prefix_v, prefix_valid))
+  got = attention.attend_cache(q, own_k, own_v, own_mask, (prefix_k, prefix_v, prefix_valid))
   row_prompt = jnp.arange(b) // group
   flat_k = jnp.concatenate([prefix_k[row_prompt], own_k], axis=-1)
   flat_v = jnp.concatenate([prefix_v[row_prompt], own_v], axis=-2)
   flat_mask = jnp.concatenate(
       [jnp.broadcast_to(prefix_valid[row_prompt][:, None], (b, t, p)), own_mask], axis=-1)
-  want = T.attend_cache(q, flat_k, flat_v, flat_mask)
+  want = attention.attend_cache(q, flat_k, flat_v, flat_mask)
   np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
   # A different prompt's prefix changes the answer: the rows really read their own group's.
-  swapped = T.attend_cache(q, own_k, own_v, own_mask,
+  swapped = attention.attend_cache(q, own_k, own_v, own_mask,
                            (prefix_k[::-1], prefix_v[::-1], prefix_valid[::-1]))
   assert not np.allclose(swapped, want, atol=1e-3)
 
