@@ -27,7 +27,7 @@ import numpy as np
 from flax import struct
 
 from agpo_jax import configs
-from agpo_jax.models import transformer
+from agpo_jax.models import paged, transformer
 from agpo_jax.models.config import ModelConfig
 from agpo_jax.sharding import multihost, rules
 from agpo_jax.tokenizers import Tokenizer
@@ -234,6 +234,13 @@ def compaction_sizes(rows: int, max_compactions: int) -> list[int]:
   return sizes
 
 
+def uses_paged_cache(model_cfg: ModelConfig, rows_sharding: Any) -> bool:
+  """Whether `decode` reads a `paged.PagedCache` through the Pallas paged-attention kernel:
+  with `model.attention="splash"` (the TPU kernels) on one device. Under a mesh the decode
+  loop keeps the dense cache, which the compiler partitions; the kernel is one device's."""
+  return model_cfg.attention == "splash" and rows_sharding is None
+
+
 def decode(model_cfg: ModelConfig, rows_sharding: Any, params_s: SamplingParams, pad_id: int,
            params: Any, prompt_cache: transformer.SharedPrefix, logits: Array,
            prompt_lens: Array, rng: Array, row_limits: Array | None = None,
@@ -253,6 +260,9 @@ def decode(model_cfg: ModelConfig, rows_sharding: Any, params_s: SamplingParams,
   budgets); a compacted row takes a copy of its prompt's cache along. A long-tailed batch then
   stops paying for its finished rows. Each row draws its tokens from its own key
   (`row_uniforms`), so compaction changes no row's tokens.
+
+  With `uses_paged_cache`, the rows read a `paged.PagedCache` instead (the prompt's pages
+  shared, each row's own pages after them); compaction then gathers page-table rows only.
   """
   n = logits.shape[0]
   budget = params_s.max_new_tokens
@@ -295,10 +305,13 @@ def decode(model_cfg: ModelConfig, rows_sharding: Any, params_s: SamplingParams,
 
     return jax.lax.while_loop(cond, body, state)
 
-  cache = transformer.KVCache.zeros(model_cfg, n, budget)
-  if cache_sharding is not None:
-    cache = jax.lax.with_sharding_constraint(cache, cache_sharding)
-  cache = cache.replace(prefix=prompt_cache)
+  if uses_paged_cache(model_cfg, rows_sharding):
+    cache = paged.from_prefix(prompt_cache, budget)
+  else:
+    cache = transformer.KVCache.zeros(model_cfg, n, budget)
+    if cache_sharding is not None:
+      cache = jax.lax.with_sharding_constraint(cache, cache_sharding)
+    cache = cache.replace(prefix=prompt_cache)
   out = (jnp.full((n, budget), pad_id, jnp.int32), jnp.zeros((n, budget), jnp.float32),
          jnp.zeros((n,), jnp.int32), jnp.zeros((n,), bool))
   state = (jnp.zeros((), jnp.int32), cache, logits, jnp.arange(n, dtype=jnp.int32),

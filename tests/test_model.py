@@ -222,7 +222,7 @@ def test_shared_prefix_attention_equals_each_row_with_its_own_copy(t):
   np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
   # A different prompt's prefix changes the answer: the rows really read their own group's.
   swapped = attention.attend_cache(q, own_k, own_v, own_mask,
-                           (prefix_k[::-1], prefix_v[::-1], prefix_valid[::-1]))
+                                   (prefix_k[::-1], prefix_v[::-1], prefix_valid[::-1]))
   assert not np.allclose(swapped, want, atol=1e-3)
 
 

@@ -34,7 +34,7 @@ import jax
 import numpy as np
 from jax.sharding import PartitionSpec
 
-from agpo_jax.models import transformer
+from agpo_jax.models import paged, transformer
 from agpo_jax.models.config import ModelConfig
 from agpo_jax.sharding import rules
 
@@ -215,6 +215,19 @@ def kv_cache_bytes(cfg: ModelConfig, rows: int, cache_len: int, tensor: int = 1,
   kv = _local(cfg.num_kv_heads, tensor)
   kv_bytes = cfg.num_layers * rows * kv * cache_len * cfg.head_dim * np.dtype(cfg.dtype).itemsize
   return 2 * kv_bytes + rows * cache_len + 4 * index  # k and v, valid (bool), index (int32)
+
+
+def paged_cache_bytes(cfg: ModelConfig, prompts: int, rows: int, prompt_len: int,
+                      response_len: int) -> int:
+  """Bytes of the paged decode cache (`models.paged.from_prefix`; one device with
+  `model.attention="splash"`): every layer's pool of the prompts' pages and each row's own
+  pages, keys and values, and the page table. It replaces the dense cache of generated tokens;
+  compacting it copies page-table rows only."""
+  prompt_pages, own_pages = paged.pages_per_row(prompt_len, response_len)
+  pages = prompts * prompt_pages + rows * own_pages
+  page = 2 * cfg.num_layers * cfg.num_kv_heads * paged.PAGE_SIZE * cfg.head_dim
+  width = -(-(prompt_pages + own_pages) // paged.PAGES_PER_BLOCK) * paged.PAGES_PER_BLOCK
+  return pages * page * np.dtype(cfg.dtype).itemsize + rows * width * 4
 
 
 def prefill_working_set(cfg: ModelConfig, prompts: int, prompt_len: int, cache_len: int,

@@ -14,7 +14,7 @@ from typing import Any
 from agpo_jax.memory_plan import estimates
 from agpo_jax.memory_plan.estimates import GiB
 from agpo_jax.models.config import PRESETS, ModelConfig, resolve_model_config
-from agpo_jax.sampling import bucket_length, compactions_used
+from agpo_jax.sampling import bucket_length, compactions_used, uses_paged_cache
 from agpo_jax.sharding import rules
 
 
@@ -30,7 +30,7 @@ class MemoryPlan:
   Sample phase, per generate call of `sample_rows` rows: `prompt_cache` (the prompts' keys and
   values, shared by each prompt's G rows, held through decode), `prefill_working` (one layer
   of the prompt pass), `kv_cache` (each row's cache of its generated tokens, updated in
-  place), `decode_extra` (the decode step's working set and rollout buffers),
+  place; with the paged cache, its pool of pages), `decode_extra` (the decode step's working set and rollout buffers),
   `sample_gather`.
 
   `replan(**changes)` re-plans with some of `plan_memory`'s arguments changed.
@@ -250,6 +250,11 @@ def plan_memory(model_cfg: ModelConfig, axis_sizes: dict[str, int], *, prompt_le
                  "(measured on XLA:CPU); 1 or >= 3 micro-batches avoid it")
   gather = pb.gather_unit if axis_sizes["fsdp"] > 1 else 0
   one_device = math.prod(axis_sizes.values()) == 1
+  kv_cache = estimates.kv_cache_bytes(model_cfg, n, response_len, tensor)
+  compactions = compactions_used(max_compactions, response_len, one_device)
+  if one_device and uses_paged_cache(model_cfg, None):
+    kv_cache = estimates.paged_cache_bytes(model_cfg, prompts, n, prompt, response_len)
+    compactions = 0  # a compaction gathers page-table rows: no cache copy
   if tensor > 1 and model_cfg.num_kv_heads % tensor:
     notes.append(f"{model_cfg.num_kv_heads} KV heads do not split over tensor={tensor}: every "
                  "tensor device holds the whole cache of its rows"
@@ -269,10 +274,9 @@ def plan_memory(model_cfg: ModelConfig, axis_sizes: dict[str, int], *, prompt_le
       train_batch=estimates.train_batch_bytes(step_rows, prompt, response_len, old_logp,
                                               ref_params),
       activations=activations, train_gather=2 * gather,
-      kv_cache=estimates.kv_cache_bytes(model_cfg, n, response_len, tensor),
+      kv_cache=kv_cache,
       decode_extra=estimates.decode_extra_bytes(
-          model_cfg, n, cache_len, response_len, tensor, pb.layer_shard,
-          compactions_used(max_compactions, response_len, one_device),
+          model_cfg, n, cache_len, response_len, tensor, pb.layer_shard, compactions,
           unstacked=one_device),
       prefill_working=estimates.prefill_working_set(model_cfg, prompts, prompt, cache_len,
                                                     tensor),

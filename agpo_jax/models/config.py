@@ -47,8 +47,10 @@ class ModelConfig:
     attention: the attention kernel of causal passes (training, scoring, prefill):
       "xla" (reference einsums, every backend), "dot_product_attention"
       (`jax.nn.dot_product_attention`: cuDNN's fused kernel on a GPU when it applies, XLA
-      otherwise), "cudnn" (that kernel or an error), "splash" (Pallas splash attention on
-      TPU; its interpreter elsewhere). Decode steps always read the cache with XLA matmuls.
+      otherwise), "cudnn" (that kernel or an error), "splash" (the TPU kernels: Pallas
+      splash attention for causal passes and, on one device, Pallas paged attention over a
+      paged cache for decode steps, `models.paged`; their interpreters elsewhere). Other
+      values decode with XLA matmuls over the dense cache.
   """
 
   vocab_size: int

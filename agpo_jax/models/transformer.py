@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from agpo_jax.models import paged
 from agpo_jax.models.attention import attend, attend_cache
 from agpo_jax.models.config import ModelConfig
 
@@ -190,7 +191,7 @@ class Attention(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, positions: Array, mask: Array,
-               cache: LayerCache | None, cache_index: Array | None,
+               cache: LayerCache | paged.PagedLayer | None, cache_index: Array | None,
                fresh: bool = False):
     """x `[B, T, D]`, mask `[B, T, S]` -> (out `[B, T, D]`, updated `LayerCache` or None).
 
@@ -199,6 +200,8 @@ class Attention(nn.Module):
     the cache's shared prefix, if any), so a decode loop carrying them updates them in place
     and reads them without a copy. With `fresh` (a prefill into an empty cache) the queries
     attend to the T new keys alone and `mask` is `[B, T, T]`: the empty slots cost nothing.
+    A `paged.PagedLayer` (a decode step, T = 1) takes the new key and value at the token's
+    position and the paged-attention kernel reads the row's slots up to it; `mask` is unused.
     """
     cfg = self.cfg
     dtype = jnp.dtype(cfg.dtype)
@@ -232,6 +235,10 @@ class Attention(nn.Module):
       k = apply_rope(k, positions, inv_freq)
     b, t = x.shape[:2]
     q = q.reshape(b, t, kv, h // kv, hd)
+    if isinstance(cache, paged.PagedLayer):  # a decode step: one token per row
+      new_cache = paged.write(cache, k[:, 0], v[:, 0], positions[:, 0])
+      out = paged.attend(q[:, 0], new_cache, positions[:, 0] + 1)[:, None]
+      return jnp.einsum("bthk,hkd->btd", out.reshape(b, t, h, hd), wo.astype(dtype)), new_cache
     if cache is None or fresh:
       out = attend(q, k, v, mask, cfg.attention)
     new_cache = None
@@ -379,7 +386,8 @@ def unstack_layers(cfg: ModelConfig, params: dict) -> dict:
 
 
 def forward_cached(cfg: ModelConfig, params: dict, tokens: Array, positions: Array,
-                   input_mask: Array, cache: KVCache, return_hidden: bool = False,
+                   input_mask: Array, cache: KVCache | paged.PagedCache,
+                   return_hidden: bool = False,
                    rows_sharding: Any = None, fresh: bool = False):
   """The decoder over a `KVCache`: the T new tokens are written at `cache.index` and attend to
   every valid slot at or before their own (prefill: the whole left-padded prompt; a decode
@@ -390,11 +398,15 @@ def forward_cached(cfg: ModelConfig, params: dict, tokens: Array, positions: Arr
   sliced per layer), each on its own cache buffers, which a decode loop then updates and reads
   in place. `fresh`: the cache is empty and the new tokens start at slot 0 (a prefill); they
   then attend among themselves only, so prefill works on the prompt's slots, not the cache's.
+  A `paged.PagedCache` (`model.attention="splash"` decode) takes one token per row, written at
+  its position; `input_mask` is then unused.
   """
   dtype = jnp.dtype(cfg.dtype)
   x = jnp.take(nn.meta.unbox(params["embed"]), tokens, axis=0).astype(dtype)
   if cfg.position == "learned":
     x = x + jnp.take(nn.meta.unbox(params["pos_embed"]), positions, axis=0).astype(dtype)
+  if isinstance(cache, paged.PagedCache):
+    return _forward_paged(cfg, params, x, positions, cache, return_hidden, rows_sharding)
   t = tokens.shape[1]
   valid = jax.lax.dynamic_update_slice(cache.valid, input_mask, (0, cache.index))
   if fresh:
@@ -417,12 +429,29 @@ def forward_cached(cfg: ModelConfig, params: dict, tokens: Array, positions: Arr
                                 positions, mask, cache.index, fresh)
     ks.append(layer.k)
     vs.append(layer.v)
+  new_cache = cache.replace(k=tuple(ks), v=tuple(vs), valid=valid, index=cache.index + t)
+  return _head(cfg, params, x, return_hidden, rows_sharding), new_cache
+
+
+def _forward_paged(cfg: ModelConfig, params: dict, x: Array, positions: Array,
+                   cache: paged.PagedCache, return_hidden: bool, rows_sharding: Any):
+  """`forward_cached`'s decode step over a `paged.PagedCache`, from the embedded tokens."""
+  block = Block(cfg, rows_sharding)
+  layers = []
+  for i in range(cfg.num_layers):
+    (x, layer), _ = block.apply({"params": layer_params(cfg, params, i)}, (x, cache.layer(i)),
+                                None, positions, None, None)
+    layers.append(layer)
+  new_cache = cache.replace(k=tuple(l.k for l in layers), v=tuple(l.v for l in layers))
+  return _head(cfg, params, x, return_hidden, rows_sharding), new_cache
+
+
+def _head(cfg: ModelConfig, params: dict, x: Array, return_hidden: bool,
+          rows_sharding: Any) -> Array:
+  """The final norm, then the logits unless `return_hidden`."""
   x = RMSNorm(cfg.rms_eps, cfg.param_dtype).apply({"params": params["final_norm"]}, x)
   x = _constrain_rows(x, rows_sharding)
-  new_cache = cache.replace(k=tuple(ks), v=tuple(vs), valid=valid, index=cache.index + t)
-  if return_hidden:
-    return x, new_cache
-  return logits_from_hidden(cfg, params, x), new_cache
+  return x if return_hidden else logits_from_hidden(cfg, params, x)
 
 
 def init_params(cfg: ModelConfig, rng: Array) -> dict:
