@@ -234,11 +234,10 @@ def compaction_sizes(rows: int, max_compactions: int) -> list[int]:
   return sizes
 
 
-def uses_paged_cache(model_cfg: ModelConfig, rows_sharding: Any) -> bool:
+def uses_paged_cache(model_cfg: ModelConfig) -> bool:
   """Whether `decode` reads a `paged.PagedCache` through the Pallas paged-attention kernel:
-  with `model.attention="splash"` (the TPU kernels) on one device. Under a mesh the decode
-  loop keeps the dense cache, which the compiler partitions; the kernel is one device's."""
-  return model_cfg.attention == "splash" and rows_sharding is None
+  with `model.attention="splash"` (the TPU kernels; under a mesh, per device)."""
+  return model_cfg.attention == "splash"
 
 
 def decode(model_cfg: ModelConfig, rows_sharding: Any, params_s: SamplingParams, pad_id: int,
@@ -305,8 +304,8 @@ def decode(model_cfg: ModelConfig, rows_sharding: Any, params_s: SamplingParams,
 
     return jax.lax.while_loop(cond, body, state)
 
-  if uses_paged_cache(model_cfg, rows_sharding):
-    cache = paged.from_prefix(prompt_cache, budget)
+  if uses_paged_cache(model_cfg):
+    cache = paged.from_prefix(prompt_cache, budget, rows_sharding)
   else:
     cache = transformer.KVCache.zeros(model_cfg, n, budget)
     if cache_sharding is not None:

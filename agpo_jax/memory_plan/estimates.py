@@ -218,14 +218,15 @@ def kv_cache_bytes(cfg: ModelConfig, rows: int, cache_len: int, tensor: int = 1,
 
 
 def paged_cache_bytes(cfg: ModelConfig, prompts: int, rows: int, prompt_len: int,
-                      response_len: int) -> int:
-  """Bytes of the paged decode cache (`models.paged.from_prefix`; one device with
-  `model.attention="splash"`): every layer's pool of the prompts' pages and each row's own
-  pages, keys and values, and the page table. It replaces the dense cache of generated tokens;
-  compacting it copies page-table rows only."""
+                      response_len: int, tensor: int = 1) -> int:
+  """Bytes of one device's paged decode cache (`models.paged.from_prefix`, with
+  `model.attention="splash"`) for its `prompts` and `rows`: every layer's pool of the prompts'
+  pages and each row's own pages, keys and values (KV heads split over `tensor` when they
+  divide), and the page table. It replaces the dense cache of generated tokens; compacting it
+  copies page-table rows only."""
   prompt_pages, own_pages = paged.pages_per_row(prompt_len, response_len)
   pages = prompts * prompt_pages + rows * own_pages
-  page = 2 * cfg.num_layers * cfg.num_kv_heads * paged.PAGE_SIZE * cfg.head_dim
+  page = 2 * cfg.num_layers * _local(cfg.num_kv_heads, tensor) * paged.PAGE_SIZE * cfg.head_dim
   width = -(-(prompt_pages + own_pages) // paged.PAGES_PER_BLOCK) * paged.PAGES_PER_BLOCK
   return pages * page * np.dtype(cfg.dtype).itemsize + rows * width * 4
 

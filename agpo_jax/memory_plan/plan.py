@@ -252,8 +252,8 @@ def plan_memory(model_cfg: ModelConfig, axis_sizes: dict[str, int], *, prompt_le
   one_device = math.prod(axis_sizes.values()) == 1
   kv_cache = estimates.kv_cache_bytes(model_cfg, n, response_len, tensor)
   compactions = compactions_used(max_compactions, response_len, one_device)
-  if one_device and uses_paged_cache(model_cfg, None):
-    kv_cache = estimates.paged_cache_bytes(model_cfg, prompts, n, prompt, response_len)
+  if uses_paged_cache(model_cfg):
+    kv_cache = estimates.paged_cache_bytes(model_cfg, prompts, n, prompt, response_len, tensor)
     compactions = 0  # a compaction gathers page-table rows: no cache copy
   if tensor > 1 and model_cfg.num_kv_heads % tensor:
     notes.append(f"{model_cfg.num_kv_heads} KV heads do not split over tensor={tensor}: every "

@@ -10,16 +10,46 @@ group shares (`transformer.SharedPrefix`), one softmax over both.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec
 
 Array = jax.Array
 
 NEG_INF = float(jnp.finfo(jnp.float32).min)  # finite, so fully masked rows stay finite
 
 
-def attend(q: Array, k: Array, v: Array, mask: Array, impl: str = "xla") -> Array:
+def per_shard(fn: Callable, rows_sharding: Any, kv_heads: int, in_dims: tuple[str, ...],
+              out_dims: str | tuple[str, ...]) -> Callable:
+  """`fn` run on each device's rows (and KV heads) in a `shard_map` under a mesh; `fn` itself
+  on one device (`rows_sharding` None). Pallas TPU kernels need it: the compiler cannot
+  partition a Mosaic kernel ("Please wrap the call in a shard_map").
+
+  `in_dims` / `out_dims`: one letter per dimension of each argument / output, "r" rows (split
+  like `rows_sharding`'s first dimension), "h" KV heads (split over the mesh's other axes when
+  `kv_heads` divides by their size, as the sharding rules split them), "." whole.
+  """
+  if rows_sharding is None:
+    return fn
+  mesh = rows_sharding.mesh
+  rows = rows_sharding.spec[0]
+  rows_axes = rows if isinstance(rows, tuple) else (rows,)
+  rest = tuple(a for a in mesh.axis_names if a not in rows_axes and mesh.shape[a] > 1)
+  heads = rest if rest and kv_heads % math.prod(mesh.shape[a] for a in rest) == 0 else None
+
+  def spec(dims: str) -> PartitionSpec:
+    return PartitionSpec(*({"r": rows, "h": heads}.get(d) for d in dims))
+
+  out_specs = spec(out_dims) if isinstance(out_dims, str) else tuple(map(spec, out_dims))
+  return jax.shard_map(fn, mesh=mesh, in_specs=tuple(map(spec, in_dims)), out_specs=out_specs,
+                       check_vma=False)
+
+
+def attend(q: Array, k: Array, v: Array, mask: Array, impl: str = "xla",
+           rows_sharding: Any = None) -> Array:
   """Grouped-query attention of a causal pass over `T` tokens (training, scoring, prefill).
 
   Args:
@@ -30,6 +60,8 @@ def attend(q: Array, k: Array, v: Array, mask: Array, impl: str = "xla") -> Arra
       "dot_product_attention" (`jax.nn.dot_product_attention`, which picks cuDNN's fused
       kernel on a GPU when it can), "cudnn" (that kernel or an error), "splash" (the Pallas
       splash-attention kernel: TPU; its interpreter elsewhere, for tests).
+    rows_sharding: where the rows live under a mesh (None on one device): splash then runs
+      on each device's rows and KV heads (`per_shard`).
   Returns:
     `[B, T, KV, G, hd]`; softmax in float32 on the reference path.
   """
@@ -44,7 +76,8 @@ def attend(q: Array, k: Array, v: Array, mask: Array, impl: str = "xla") -> Arra
         implementation=None if impl == "dot_product_attention" else "cudnn")
     return out.reshape(b, t, kv, g, hd)
   if impl == "splash":
-    return _splash_attention(q, k, v, mask[:, -1, :])
+    return per_shard(_splash_attention, rows_sharding, kv, ("r.h..", "r.h.", "r.h.", "r."),
+                     "r.h..")(q, k, v, mask[:, -1, :])
   dtype = q.dtype
   scores = jnp.einsum("btkgd,bskd->bkgts", q, k.astype(dtype)).astype(jnp.float32)
   scores = scores / math.sqrt(hd)

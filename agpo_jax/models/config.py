@@ -48,9 +48,9 @@ class ModelConfig:
       "xla" (reference einsums, every backend), "dot_product_attention"
       (`jax.nn.dot_product_attention`: cuDNN's fused kernel on a GPU when it applies, XLA
       otherwise), "cudnn" (that kernel or an error), "splash" (the TPU kernels: Pallas
-      splash attention for causal passes and, on one device, Pallas paged attention over a
-      paged cache for decode steps, `models.paged`; their interpreters elsewhere). Other
-      values decode with XLA matmuls over the dense cache.
+      splash attention for causal passes and Pallas paged attention over a paged cache for
+      decode steps, `models.paged`, per device under a mesh; their interpreters elsewhere).
+      Other values decode with XLA matmuls over the dense cache.
   """
 
   vocab_size: int

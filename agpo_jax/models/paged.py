@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from agpo_jax.models.attention import per_shard
+
 Array = jax.Array
 
 PAGE_SIZE = 16  # slots per page
@@ -70,19 +72,35 @@ def pages_per_row(prompt_len: int, budget: int, page_size: int = PAGE_SIZE) -> t
   return -(-prompt_len // page_size), (page_size + budget - 2) // page_size + 1
 
 
-def from_prefix(prefix: Any, budget: int, page_size: int = PAGE_SIZE) -> PagedCache:
+def from_prefix(prefix: Any, budget: int, rows_sharding: Any = None,
+                page_size: int = PAGE_SIZE) -> PagedCache:
   """The paged cache of a rollout: `prefix` (a `transformer.SharedPrefix`, the prefilled
   left-padded prompts read by groups of `prefix.group` rows) moved into pages, plus room for
   `budget` generated tokens per row.
 
   Returns a cache of `prompts * group` rows; its pool holds `prompts * prompt pages + rows *
-  own pages` pages (`pages_per_row`).
+  own pages` pages (`pages_per_row`). Under a mesh (`rows_sharding`) each device builds the
+  pool of its own prompts and rows (a prompt's rows live on its device: the sampler splits
+  prompts over the data-parallel axes, then makes G rows of each), its table indexing it.
   """
-  bp, kv, hd, p = prefix.k[0].shape
-  g = prefix.group
+  kv = prefix.k[0].shape[1]
+
+  def local(ks, vs, valid):
+    cache = _pages(ks, vs, valid, prefix.group, budget, page_size)
+    return cache.k, cache.v, cache.table
+
+  k, v, table = per_shard(local, rows_sharding, kv, ("rh..", "rh..", "r."),
+                          ("hr..", "hr..", "r."))(prefix.k, prefix.v, prefix.valid)
+  return PagedCache(k=k, v=v, table=table)
+
+
+def _pages(ks: tuple[Array, ...], vs: tuple[Array, ...], valid: Array, g: int, budget: int,
+           page_size: int) -> PagedCache:
+  """`from_prefix` on one device."""
+  bp, kv, hd, p = ks[0].shape
   n = bp * g
   prompt_pages, own_pages = pages_per_row(p, budget, page_size)
-  lens = jnp.sum(prefix.valid, axis=-1, dtype=jnp.int32)  # [Bp]
+  lens = jnp.sum(valid, axis=-1, dtype=jnp.int32)  # [Bp]
   # Slot j of prompt b takes padded slot j + pad_b: its real tokens move to the front.
   src = jnp.minimum(jnp.arange(p)[None, :] + (p - lens)[:, None], p - 1)  # [Bp, P]
   tail = prompt_pages * page_size - p
@@ -108,8 +126,8 @@ def from_prefix(prefix: Any, budget: int, page_size: int = PAGE_SIZE) -> PagedCa
   own = bp * prompt_pages + jnp.arange(n)[:, None] * own_pages + jnp.minimum(
       j - full_r, own_pages - 1)
   table = jnp.where(j < full_r, prompt_of[:, None] * prompt_pages + j, own).astype(jnp.int32)
-  return PagedCache(k=tuple(pool(k.swapaxes(2, 3)) for k in prefix.k),
-                    v=tuple(pool(v) for v in prefix.v), table=table)
+  return PagedCache(k=tuple(pool(k.swapaxes(2, 3)) for k in ks), v=tuple(map(pool, vs)),
+                    table=table)
 
 
 def write(layer: PagedLayer, k: Array, v: Array, slots: Array) -> PagedLayer:
@@ -121,6 +139,22 @@ def write(layer: PagedLayer, k: Array, v: Array, slots: Array) -> PagedLayer:
   new_k = layer.k.at[:, pages, offsets].set(k.swapaxes(0, 1).astype(layer.k.dtype))
   new_v = layer.v.at[:, pages, offsets].set(v.swapaxes(0, 1).astype(layer.v.dtype))
   return layer._replace(k=new_k, v=new_v)
+
+
+def step(layer: PagedLayer, q: Array, k: Array, v: Array, slots: Array,
+         rows_sharding: Any = None) -> tuple[PagedLayer, Array]:
+  """One decode step of one layer: `write` each row's new key and value at its slot, then
+  `attend` over its slots up to it; q `[rows, kv_heads, G, head_dim]`, k, v `[rows, kv_heads,
+  head_dim]`, slots `[rows]`. Under a mesh each device updates and reads its own pool."""
+
+  def local(pool_k, pool_v, table, q, k, v, slots):
+    layer = write(PagedLayer(pool_k, pool_v, table), k, v, slots)
+    return layer.k, layer.v, attend(q, layer, slots + 1)
+
+  new_k, new_v, out = per_shard(
+      local, rows_sharding, q.shape[1], ("hr..", "hr..", "r.", "rh..", "rh.", "rh.", "r"),
+      ("hr..", "hr..", "rh.."))(layer.k, layer.v, layer.table, q, k, v, slots)
+  return layer._replace(k=new_k, v=new_v), out
 
 
 def attend(q: Array, layer: PagedLayer, lengths: Array) -> Array:

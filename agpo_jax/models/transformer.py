@@ -188,6 +188,7 @@ def apply_rope(x: Array, positions: Array, inv_freq: Array) -> Array:
 
 class Attention(nn.Module):
   cfg: ModelConfig
+  rows_sharding: Any = None  # under a mesh: Pallas kernels run per shard (`per_shard`)
 
   @nn.compact
   def __call__(self, x: Array, positions: Array, mask: Array,
@@ -236,11 +237,11 @@ class Attention(nn.Module):
     b, t = x.shape[:2]
     q = q.reshape(b, t, kv, h // kv, hd)
     if isinstance(cache, paged.PagedLayer):  # a decode step: one token per row
-      new_cache = paged.write(cache, k[:, 0], v[:, 0], positions[:, 0])
-      out = paged.attend(q[:, 0], new_cache, positions[:, 0] + 1)[:, None]
-      return jnp.einsum("bthk,hkd->btd", out.reshape(b, t, h, hd), wo.astype(dtype)), new_cache
+      new_cache, out = paged.step(cache, q[:, 0], k[:, 0], v[:, 0], positions[:, 0],
+                                  self.rows_sharding)
+      return jnp.einsum("bhk,hkd->bd", out.reshape(b, h, hd), wo.astype(dtype))[:, None], new_cache
     if cache is None or fresh:
-      out = attend(q, k, v, mask, cfg.attention)
+      out = attend(q, k, v, mask, cfg.attention, self.rows_sharding)
     new_cache = None
     if cache is not None:
       cache_k, cache_v = cache.k, cache.v
@@ -293,7 +294,7 @@ class Block(nn.Module):
     cfg = self.cfg
     x, cache = carry if isinstance(carry, tuple) else (carry, None)
     x = _constrain_rows(x, self.rows_sharding)
-    attn_out, new_cache = Attention(cfg, name="attn")(
+    attn_out, new_cache = Attention(cfg, self.rows_sharding, name="attn")(
         RMSNorm(cfg.rms_eps, cfg.param_dtype, name="attn_norm")(x), positions, mask,
         cache, cache_index, fresh)
     x = x + attn_out
