@@ -7,15 +7,18 @@
 # Prints the device, then two tables from benchmarks/bench_peers.py (tokens/s, and the share
 # of the matmul-bound rate computed from the bf16 matmul peak measured on the same device):
 # one with the reference attention ("xla"), one with jax.nn.dot_product_attention (cuDNN's
-# fused kernel on a GPU). Rollout: 32 prompts x 8 samples, 256-token prompts, 512 new tokens;
-# train steps: 16 rows of 256 + 768 tokens. About 5 minutes on one H200, most of it compiling.
+# fused kernel on a GPU), and on a TPU a third with the Pallas kernels ("splash": splash
+# attention for prefill and training, the paged cache for decode). Rollout: 32 prompts x 8
+# samples, 256-token prompts, 512 new tokens; train steps: 16 rows of 256 + 768 tokens. About
+# 5 minutes on one H200, most of it compiling.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python - <<'PY'
 import jax
 print("jax", jax.__version__, "backend", jax.default_backend(), jax.devices())
 PY
-if [ "$(python -c 'import jax; print(jax.default_backend())')" = "cpu" ]; then
+backend="$(python -c 'import jax; print(jax.default_backend())')"
+if [ "$backend" = "cpu" ]; then
   echo "no accelerator found: this check is meant for a GPU or TPU machine" >&2
   exit 1
 fi
@@ -24,3 +27,7 @@ common=(--model=qwen2.5-0.5b --dtype=bfloat16 --peers= --prompts=32 --group=8 --
 python -m benchmarks.bench_peers "${common[@]}" --attention=xla "$@"
 python -m benchmarks.bench_peers "${common[@]}" --attention=dot_product_attention \
   --what=prefill,train "$@"
+if [ "$backend" = "tpu" ]; then
+  python -m benchmarks.bench_peers "${common[@]}" --attention=splash \
+    --what=generate,prefill,train "$@"
+fi
