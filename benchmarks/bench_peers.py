@@ -19,7 +19,9 @@ Every measurement runs in this one process, side by side, and reports the median
   next-token logits are repeated; each row's cache of generated tokens is made by decode,
   whose time the generate benchmark counts.
 - **train steps** on `--train-rows` rows of `--prompt + --completion` tokens: this project's RL
-  step (AGPO loss, one update per batch), its SFT step, and torch forward + backward + AdamW.
+  step (AGPO loss, one update per batch), its SFT step, and torch forward + backward + AdamW,
+  their steps interleaved (RL, SFT, torch, RL, ...) so that their ratios survive a machine
+  whose speed drifts during the run (the prefill's G=16 and G=1 calls likewise).
 - **limits**: the matmul peak of this machine measured with one large matmul, and from it the
   matmul-bound rate of each benchmark (decode: 2 x params FLOPs per token; train: 6 x).
 
@@ -57,13 +59,22 @@ SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 def median_seconds(fn: Callable[[int], Any], repeats: int) -> float:
   """Median wall time of `fn(i)` over `repeats` calls, after one warm-up (compile) call."""
-  fn(0)
-  times = []
+  return interleaved_medians([fn], repeats)[0]
+
+
+def interleaved_medians(fns: list[Callable[[int], Any]], repeats: int) -> list[float]:
+  """Median wall time of each `fn(i)` over `repeats` calls, after one warm-up (compile) call
+  each, the calls interleaved (fn 0, fn 1, ..., fn 0, ...): a machine slowing down or
+  speeding up during the run biases none of them, so their ratios hold."""
+  for fn in fns:
+    fn(0)
+  times: list[list[float]] = [[] for _ in fns]
   for i in range(repeats):
-    start = time.perf_counter()
-    fn(i + 1)
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
+    for fn, spent in zip(fns, times):
+      start = time.perf_counter()
+      fn(i + 1)
+      spent.append(time.perf_counter() - start)
+  return [statistics.median(t) for t in times]
 
 
 def smollm2_path() -> str | None:
@@ -143,18 +154,11 @@ def ours_prefill(cfg: ModelConfig, params: Any, prompts: list[list[int]], groups
   prompt_len = sampler.prompt_length(prompts)
   tokens, mask = sampling.left_pad(prompts, prompt_len, 0)
 
-  def run(group: int) -> None:
-    jax.block_until_ready(sampler._prefill(group, params, tokens, mask))  # noqa: SLF001
+  def runner(group: int) -> Callable[[int], None]:
+    return lambda i: jax.block_until_ready(
+        sampler._prefill(group, params, tokens, mask))  # noqa: SLF001
 
-  for group in groups:
-    run(group)  # compile
-  times: list[list[float]] = [[] for _ in groups]
-  for _ in range(repeats):
-    for i, group in enumerate(groups):
-      start = time.perf_counter()
-      run(group)
-      times[i].append(time.perf_counter() - start)
-  return [statistics.median(t) for t in times]
+  return interleaved_medians([runner(g) for g in groups], repeats)
 
 
 def ours_decode_long_tail(cfg: ModelConfig, params: Any, prompts: list[list[int]], group: int,
@@ -198,20 +202,25 @@ def sft_batch(cfg: ModelConfig, rows: int, prompt: int, completion: int) -> sft.
   return sft.SFTBatch(tokens=tokens, input_mask=mask, positions=positions, target_mask=target)
 
 
-def step_seconds(step: Callable, params: Any, tx: Any, batch: Any, repeats: int) -> float:
-  """Median seconds of `step(state, batch)` on a fresh copy of `params` (the step donates)."""
+def step_runner(step: Callable, params: Any, tx: Any, batch: Any) -> Callable[[int], None]:
+  """`run(i)`: one `step(state, batch)` on a fresh copy of `params` (the step donates)."""
   holder = [state_lib.create_state(jax.tree.map(jnp.copy, params), tx)]
 
   def run(i):
     holder[0], metrics = step(holder[0], batch)
     jax.block_until_ready(metrics)
 
-  return median_seconds(run, repeats)
+  return run
 
 
-def ours_train_steps(cfg: ModelConfig, params: Any, rows: int, prompt: int, completion: int,
-                     repeats: int) -> tuple[float, float]:
-  """(RL step seconds, SFT step seconds) on the same tokens, AdamW, one update each."""
+def step_seconds(step: Callable, params: Any, tx: Any, batch: Any, repeats: int) -> float:
+  """Median seconds of `step(state, batch)` (`step_runner`)."""
+  return median_seconds(step_runner(step, params, tx, batch), repeats)
+
+
+def ours_train_runners(cfg: ModelConfig, params: Any, rows: int, prompt: int, completion: int
+                       ) -> tuple[Callable[[int], None], Callable[[int], None]]:
+  """(RL step, SFT step) runners on the same tokens, AdamW, one update each."""
   config = defaults.base_config()
   tx = state_lib.make_optimizer(config.optim, 1000)
   tokens, mask, positions = train_batch(cfg, rows, prompt, completion)
@@ -220,10 +229,10 @@ def ours_train_steps(cfg: ModelConfig, params: Any, rows: int, prompt: int, comp
   rl_batch = rl_step.RLBatch(tokens=tokens, input_mask=mask, positions=positions,
                              completion_mask=completion_mask, advantages=advantages,
                              sampler_logp=np.zeros((rows, completion), np.float32))
-  rl = step_seconds(rl_step.make_rl_step(cfg, algo_defaults.loss_config(), config.train, 1.0),
-                    params, tx, rl_batch, repeats)
-  return rl, step_seconds(sft.make_sft_step(cfg), params, tx,
-                          sft_batch(cfg, rows, prompt, completion), repeats)
+  rl = step_runner(rl_step.make_rl_step(cfg, algo_defaults.loss_config(), config.train, 1.0),
+                   params, tx, rl_batch)
+  return rl, step_runner(sft.make_sft_step(cfg), params, tx,
+                         sft_batch(cfg, rows, prompt, completion))
 
 
 def ours_breakdown(cfg: ModelConfig, params: Any, prompts: list[list[int]], rows: int,
@@ -289,25 +298,26 @@ def hf_generate(model: Any, prompts: list[list[int]], group: int, new: int,
   return median_seconds(run, repeats)
 
 
-def hf_train_step(model: Any, cfg: ModelConfig, rows: int, prompt: int, completion: int,
-                  repeats: int) -> float:
+def hf_train_runner(model: Any, cfg: ModelConfig, rows: int, prompt: int, completion: int
+                    ) -> Callable[[int], None]:
+  """`run(i)`: one torch forward + backward + AdamW step of `model` (in train mode) on the
+  train batch, loss on the completion."""
   import torch
   tokens, _, _ = train_batch(cfg, rows, prompt, completion)
   ids = torch.tensor(tokens, dtype=torch.long)
   labels = ids.clone()
   labels[:, :prompt] = -100
-  model.train()
   opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
 
   def run(i):
+    model.train()
     opt.zero_grad(set_to_none=True)
     loss = model(input_ids=ids, labels=labels).loss
     loss.backward()
     opt.step()
+    model.eval()
 
-  seconds = median_seconds(run, repeats)
-  model.eval()
-  return seconds
+  return run
 
 
 class _IdTokenizer:
@@ -485,10 +495,12 @@ def main():
                     plain / compact, unit="x"))
   if "train" in what:
     tokens = args.train_rows * (args.prompt + args.completion)
-    rl_s, sft_s = ours_train_steps(cfg, params, args.train_rows, args.prompt, args.completion,
-                                   args.repeats)
-    torch_s = (hf_train_step(hf, cfg, args.train_rows, args.prompt, args.completion,
-                             args.repeats) if hf else None)
+    runners = list(ours_train_runners(cfg, params, args.train_rows, args.prompt,
+                                      args.completion))
+    if hf:
+      runners.append(hf_train_runner(hf, cfg, args.train_rows, args.prompt, args.completion))
+    rl_s, sft_s, *torch_s = interleaved_medians(runners, args.repeats)  # ratios hold
+    torch_s = torch_s[0] if torch_s else None
     limit = peak / (3 * per_token)
     shape = f"{args.train_rows}x{args.prompt + args.completion}"
     rows.append(Row(f"RL step {shape}", tokens / rl_s, "torch fwd+bwd+AdamW" if hf else "",
