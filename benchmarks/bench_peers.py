@@ -19,9 +19,9 @@ Every measurement runs in this one process, side by side, and reports the median
   next-token logits are repeated; each row's cache of generated tokens is made by decode,
   whose time the generate benchmark counts.
 - **train steps** on `--train-rows` rows of `--prompt + --completion` tokens: this project's RL
-  step (AGPO loss, one update per batch), its SFT step, and torch forward + backward + AdamW,
-  their steps interleaved (RL, SFT, torch, RL, ...) so that their ratios survive a machine
-  whose speed drifts during the run (the prefill's G=16 and G=1 calls likewise).
+  step (AGPO loss, one update per batch) and its SFT step, their steps interleaved (RL, SFT,
+  RL, ...) so that their ratio survives a machine whose speed drifts during the run (the
+  prefill's G=16 and G=1 calls likewise), then torch forward + backward + AdamW.
 - **limits**: the matmul peak of this machine measured with one large matmul, and from it the
   matmul-bound rate of each benchmark (decode: 2 x params FLOPs per token; train: 6 x).
 
@@ -495,12 +495,13 @@ def main():
                     plain / compact, unit="x"))
   if "train" in what:
     tokens = args.train_rows * (args.prompt + args.completion)
-    runners = list(ours_train_runners(cfg, params, args.train_rows, args.prompt,
-                                      args.completion))
-    if hf:
-      runners.append(hf_train_runner(hf, cfg, args.train_rows, args.prompt, args.completion))
-    rl_s, sft_s, *torch_s = interleaved_medians(runners, args.repeats)  # ratios hold
-    torch_s = torch_s[0] if torch_s else None
+    rl_s, sft_s = interleaved_medians(
+        list(ours_train_runners(cfg, params, args.train_rows, args.prompt, args.completion)),
+        args.repeats)
+    # torch apart: its OpenMP threads keep the cores busy after its step, which slowed the
+    # step timed after it (interleaved, the RL step read 54.6 tokens/s, against 87.1 without).
+    torch_s = (median_seconds(hf_train_runner(hf, cfg, args.train_rows, args.prompt,
+                                              args.completion), args.repeats) if hf else None)
     limit = peak / (3 * per_token)
     shape = f"{args.train_rows}x{args.prompt + args.completion}"
     rows.append(Row(f"RL step {shape}", tokens / rl_s, "torch fwd+bwd+AdamW" if hf else "",
