@@ -123,7 +123,8 @@ def test_sampler_over_the_paged_cache_scores_what_a_full_forward_scores(monkeypa
   params = jax.tree.map(lambda x: x + 0.5 * rng.standard_normal(x.shape).astype(x.dtype), params)
   prompts = [[5, 6, 7], [9, 3, 4, 12, 13, 2, 8] + [9] * 11 + [1, 2, 3], [20]]
   monkeypatch.setattr(sampling, "MIN_COMPACTION_BUDGET", 4)
-  sp = SamplingParams(temperature=1.0, max_new_tokens=6, stop_ids=(1, 2, 3, 4, 5, 6), max_compactions=1)
+  sp = SamplingParams(temperature=1.0, max_new_tokens=6, stop_ids=(1, 2, 3, 4, 5, 6),
+                      max_compactions=1)
   assert sampling.compaction_sizes(6, sampling.compactions_used(1, 6, True)) == [6, 3]
   kernel_cfg = dataclasses.replace(CFG, attention="splash")
   assert sampling.uses_paged_cache(kernel_cfg) and not sampling.uses_paged_cache(CFG)

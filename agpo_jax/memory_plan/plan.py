@@ -30,8 +30,8 @@ class MemoryPlan:
   Sample phase, per generate call of `sample_rows` rows: `prompt_cache` (the prompts' keys and
   values, shared by each prompt's G rows, held through decode), `prefill_working` (one layer
   of the prompt pass), `kv_cache` (each row's cache of its generated tokens, updated in
-  place; with the paged cache, its pool of pages), `decode_extra` (the decode step's working set and rollout buffers),
-  `sample_gather`.
+  place; with the paged cache, its pool of pages), `decode_extra` (the decode step's working
+  set and rollout buffers), `sample_gather`.
 
   `replan(**changes)` re-plans with some of `plan_memory`'s arguments changed.
   """
