@@ -254,3 +254,19 @@ def test_tpu_kernels_run_per_shard_under_a_mesh():
   assert inside >= 2 and outside == 0, out  # splash forward and backward
   inside, outside = out["decode_kernels"]
   assert inside >= 1 and outside == 0, out  # the paged-attention kernel
+
+
+def test_memory_plan_warns_when_the_page_table_outgrows_tpu_scalar_memory():
+  """The kernel holds a device's page table in TPU scalar memory (about 1 MiB): the plan
+  notes a table past 512 KiB (512 rows of 2k + 4k tokens: 784 KiB) and names the lever; a
+  shorter rollout, or the XLA cache, gets no note."""
+  from agpo_jax.memory_plan import estimates, plan_memory  # noqa: PLC0415
+  kernel_cfg = dataclasses.replace(CFG, attention="splash")
+  args = dict(axis_sizes={}, prompt_len=2048, response_len=4096, rows_per_step=512,
+              num_samples=8, min_prompt_bucket=8)
+  assert estimates.page_table_bytes(512, 2048, 4096) == 512 * 392 * 4  # 128 + 257 pages -> 392
+  long = plan_memory(kernel_cfg, **args)
+  assert any("page table is 784 KiB" in n and "rollout_chunks" in n for n in long.notes)
+  assert not any("page table" in n for n in plan_memory(CFG, **args).notes)
+  short = plan_memory(kernel_cfg, **{**args, "response_len": 512})
+  assert not any("page table" in n for n in short.notes)

@@ -227,8 +227,19 @@ def paged_cache_bytes(cfg: ModelConfig, prompts: int, rows: int, prompt_len: int
   prompt_pages, own_pages = paged.pages_per_row(prompt_len, response_len)
   pages = prompts * prompt_pages + rows * own_pages
   page = 2 * cfg.num_layers * _local(cfg.num_kv_heads, tensor) * paged.PAGE_SIZE * cfg.head_dim
-  width = -(-(prompt_pages + own_pages) // paged.PAGES_PER_BLOCK) * paged.PAGES_PER_BLOCK
-  return pages * page * np.dtype(cfg.dtype).itemsize + rows * width * 4
+  return (pages * page * np.dtype(cfg.dtype).itemsize
+          + page_table_bytes(rows, prompt_len, response_len))
+
+
+# The paged-attention kernel loads a device's whole page table into TPU scalar memory (SMEM:
+# about 1 MiB per core up to v6e, as vLLM's and PyTorch/XLA's TPU backends found); the plan
+# warns past half of it.
+PAGE_TABLE_WARN_BYTES = 512 * 1024
+
+
+def page_table_bytes(rows: int, prompt_len: int, response_len: int) -> int:
+  """Bytes of one device's page table (int32) for `rows` rows."""
+  return rows * paged.table_width(prompt_len, response_len) * 4
 
 
 def prefill_working_set(cfg: ModelConfig, prompts: int, prompt_len: int, cache_len: int,

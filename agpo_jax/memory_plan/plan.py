@@ -255,6 +255,11 @@ def plan_memory(model_cfg: ModelConfig, axis_sizes: dict[str, int], *, prompt_le
   if uses_paged_cache(model_cfg):
     kv_cache = estimates.paged_cache_bytes(model_cfg, prompts, n, prompt, response_len, tensor)
     compactions = 0  # a compaction gathers page-table rows: no cache copy
+    table = estimates.page_table_bytes(n, prompt, response_len)
+    if table > estimates.PAGE_TABLE_WARN_BYTES:
+      notes.append(f"paged decode: each device's page table is {table / 1024:.0f} KiB, and the "
+                   "TPU kernel holds it in scalar memory (about 1 MiB): fewer rows per generate "
+                   "call (sampling.rollout_chunks) shrink it")
   if tensor > 1 and model_cfg.num_kv_heads % tensor:
     notes.append(f"{model_cfg.num_kv_heads} KV heads do not split over tensor={tensor}: every "
                  "tensor device holds the whole cache of its rows"

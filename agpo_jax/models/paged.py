@@ -72,6 +72,12 @@ def pages_per_row(prompt_len: int, budget: int, page_size: int = PAGE_SIZE) -> t
   return -(-prompt_len // page_size), (page_size + budget - 2) // page_size + 1
 
 
+def table_width(prompt_len: int, budget: int, page_size: int = PAGE_SIZE) -> int:
+  """Entries of a row's page table: its prompt and own pages, rounded up to whole blocks."""
+  pages = sum(pages_per_row(prompt_len, budget, page_size))
+  return -(-pages // PAGES_PER_BLOCK) * PAGES_PER_BLOCK
+
+
 def from_prefix(prefix: Any, budget: int, rows_sharding: Any = None,
                 page_size: int = PAGE_SIZE) -> PagedCache:
   """The paged cache of a rollout: `prefix` (a `transformer.SharedPrefix`, the prefilled
@@ -120,8 +126,7 @@ def _pages(ks: tuple[Array, ...], vs: tuple[Array, ...], valid: Array, g: int, b
     own = own.at[:, :, 0].set(shared[:, first_own])
     return jnp.concatenate([shared, own.reshape(kv, n * own_pages, page_size, hd)], axis=1)
 
-  width = -(-(prompt_pages + own_pages) // PAGES_PER_BLOCK) * PAGES_PER_BLOCK
-  j = jnp.arange(width)[None, :]
+  j = jnp.arange(table_width(p, budget, page_size))[None, :]
   full_r = full[prompt_of][:, None]
   own = bp * prompt_pages + jnp.arange(n)[:, None] * own_pages + jnp.minimum(
       j - full_r, own_pages - 1)
