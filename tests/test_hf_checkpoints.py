@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import pathlib
 import shutil
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -29,8 +26,8 @@ from safetensors.numpy import load_file, save_file  # noqa: E402
 
 from agpo_jax import sampling  # noqa: E402
 from agpo_jax.models import hf, transformer  # noqa: E402
+from tests import fake_devices  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOCAB, D, LAYERS, HEADS, KV_HEADS, MLP = 300, 64, 2, 4, 2, 128
 LOGIT_ATOL = 1e-4
 _COMMON = dict(vocab_size=VOCAB, hidden_size=D, intermediate_size=MLP, num_hidden_layers=LAYERS,
@@ -383,15 +380,7 @@ _SHARDED_SCRIPT = textwrap.dedent(r"""
 
 
 def test_sharded_import_places_each_leaf(refs, imported):
-  env = dict(os.environ)
-  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "")
-                      + " --xla_force_host_platform_device_count=8").strip()
-  env["JAX_PLATFORMS"] = "cpu"
-  proc = subprocess.run([sys.executable, "-c", _SHARDED_SCRIPT, str(refs["llama"].sharded)],
-                        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 0, proc.stderr[-4000:]
-  line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][-1]
-  out = json.loads(line[len("RESULT "):])
+  out = fake_devices.run(_SHARDED_SCRIPT, str(refs["llama"].sharded), timeout=300)
   assert out["devices"] == 8
   leaves = out["leaves"]
   assert len(leaves) == len(jax.tree.leaves(imported["llama"][1]))

@@ -27,6 +27,7 @@ from agpo_jax import sampling
 from agpo_jax.configs import load_config_file
 from agpo_jax.models import transformer
 from agpo_jax.models.config import PRESETS, ModelConfig
+from tests import fake_devices
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MESHES = ((8, 1, 1), (1, 8, 1), (1, 1, 8), (2, 2, 2))
@@ -118,11 +119,8 @@ _PROC = {}
 
 def _start_subprocess():
   if "proc" not in _PROC:
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "")
-                        + " --xla_force_host_platform_device_count=8").strip()
-    env["JAX_PLATFORMS"] = "cpu"
-    _PROC["proc"] = subprocess.Popen([sys.executable, "-c", _SCRIPT], cwd=REPO, env=env,
+    _PROC["proc"] = subprocess.Popen([sys.executable, "-c", _SCRIPT], cwd=REPO,
+                                     env=fake_devices.env(),
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -141,8 +139,7 @@ def _sharded_results():
   _start_subprocess()
   stdout, stderr = _PROC["proc"].communicate(timeout=600)
   assert _PROC["proc"].returncode == 0, stderr[-4000:]
-  line = [l for l in stdout.splitlines() if l.startswith("RESULT ")][-1]
-  return json.loads(line[len("RESULT "):])
+  return fake_devices.result(stdout)
 
 
 def _plan(cfg, axis_sizes=ONE, **kw):

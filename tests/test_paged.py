@@ -13,6 +13,7 @@ from agpo_jax.models import attention, paged
 from agpo_jax.models import transformer as T
 from agpo_jax.models.config import ModelConfig
 from agpo_jax.sampling import Sampler, SamplingParams
+from tests import fake_devices
 
 PROMPTS, GROUP, KV, G, HD, P, BUDGET = 2, 3, 2, 2, 8, 21, 20
 LENS = (21, 5)  # one prompt fills its padded length, one is mostly padding
@@ -234,19 +235,7 @@ def test_tpu_kernels_run_per_shard_under_a_mesh():
   sampler's prefill and paged decode score each drawn token as a one-device full forward does
   (within 0.1: the kernel's bfloat16 keys and values), and a causal pass's loss and gradients
   match the one-device ones (float32 reduction order only)."""
-  import json  # noqa: PLC0415
-  import os  # noqa: PLC0415
-  import subprocess  # noqa: PLC0415
-  import sys  # noqa: PLC0415
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS=(os.environ.get("XLA_FLAGS", "")
-                        + " --xla_force_host_platform_device_count=8").strip())
-  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  proc = subprocess.run([sys.executable, "-c", _MESH_SCRIPT], cwd=repo, env=env,
-                        capture_output=True, text=True, timeout=600)
-  assert proc.returncode == 0, proc.stderr[-4000:]
-  line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][-1]
-  out = json.loads(line[len("RESULT "):])
+  out = fake_devices.run(_MESH_SCRIPT)
   assert out["logprob_diff"] < 0.05, out  # measured 0.011
   np.testing.assert_allclose(*out["loss"], rtol=1e-5)
   assert out["grad_rel_diff"] < 1e-4, out

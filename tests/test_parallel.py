@@ -6,10 +6,6 @@ the tests below assert on them.
 """
 
 import functools
-import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -19,8 +15,8 @@ from agpo_jax import defaults
 from agpo_jax.models import config as model_config
 from agpo_jax.models import transformer
 from agpo_jax.sharding import multihost, rules
+from tests import fake_devices
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MESHES = ((8, 1, 1), (1, 8, 1), (1, 1, 8), (2, 2, 2))
 RTOL, ATOL = 1e-5, 1e-6  # sharded vs single-device: only reduction order differs
 
@@ -170,15 +166,7 @@ _SCRIPT = textwrap.dedent(r"""
 
 @functools.cache
 def _multi_device_results():
-  env = dict(os.environ)
-  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "")
-                      + " --xla_force_host_platform_device_count=8").strip()
-  env["JAX_PLATFORMS"] = "cpu"
-  proc = subprocess.run([sys.executable, "-c", _SCRIPT], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=600)
-  assert proc.returncode == 0, proc.stderr[-4000:]
-  line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][-1]
-  return json.loads(line[len("RESULT "):])
+  return fake_devices.run(_SCRIPT)
 
 
 def _mesh(shape):

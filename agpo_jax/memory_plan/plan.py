@@ -250,8 +250,6 @@ def plan_memory(model_cfg: ModelConfig, axis_sizes: dict[str, int], *, prompt_le
                  "(measured on XLA:CPU); 1 or >= 3 micro-batches avoid it")
   gather = pb.gather_unit if axis_sizes["fsdp"] > 1 else 0
   one_device = math.prod(axis_sizes.values()) == 1
-  kv_cache = estimates.kv_cache_bytes(model_cfg, n, response_len, tensor)
-  compactions = compactions_used(max_compactions, response_len, one_device)
   if uses_paged_cache(model_cfg):
     kv_cache = estimates.paged_cache_bytes(model_cfg, prompts, n, prompt, response_len, tensor)
     compactions = 0  # a compaction gathers page-table rows: no cache copy
@@ -260,6 +258,9 @@ def plan_memory(model_cfg: ModelConfig, axis_sizes: dict[str, int], *, prompt_le
       notes.append(f"paged decode: each device's page table is {table / 1024:.0f} KiB, and the "
                    "TPU kernel holds it in scalar memory (about 1 MiB): fewer rows per generate "
                    "call (sampling.rollout_chunks) shrink it")
+  else:
+    kv_cache = estimates.kv_cache_bytes(model_cfg, n, response_len, tensor)
+    compactions = compactions_used(max_compactions, response_len, one_device)
   if tensor > 1 and model_cfg.num_kv_heads % tensor:
     notes.append(f"{model_cfg.num_kv_heads} KV heads do not split over tensor={tensor}: every "
                  "tensor device holds the whole cache of its rows"

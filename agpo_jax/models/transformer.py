@@ -239,27 +239,34 @@ class Attention(nn.Module):
     if isinstance(cache, paged.PagedLayer):  # a decode step: one token per row
       new_cache, out = paged.step(cache, q[:, 0], k[:, 0], v[:, 0], positions[:, 0],
                                   self.rows_sharding)
-      return jnp.einsum("bhk,hkd->bd", out.reshape(b, h, hd), wo.astype(dtype))[:, None], new_cache
-    if cache is None or fresh:
-      out = attend(q, k, v, mask, cfg.attention, self.rows_sharding)
-    new_cache = None
-    if cache is not None:
-      cache_k, cache_v = cache.k, cache.v
-      # Keys are stored transposed, [B, KV, hd, S]: a decode step's scores are then one plain
-      # batched matmul q @ k over the cache (on one CPU core, 30 layers of SmolLM2 at 64 rows
-      # x 192 slots: 32 ms against 152 ms for the same einsum over [B, KV, S, hd] keys).
-      cache_k = jax.lax.dynamic_update_slice(
-          cache_k, k.transpose(0, 2, 3, 1).astype(cache_k.dtype), (0, 0, 0, cache_index))
-      cache_v = jax.lax.dynamic_update_slice(
-          cache_v, v.transpose(0, 2, 1, 3).astype(cache_v.dtype), (0, 0, cache_index, 0))
-      if not fresh:
-        prefix = None
-        if cache.prefix_k is not None:
-          prefix = (cache.prefix_k, cache.prefix_v, cache.prefix_valid)
-        out = attend_cache(q, cache_k, cache_v, mask, prefix)
-      new_cache = cache._replace(k=cache_k, v=cache_v)
+    else:
+      out, new_cache = _attend_dense(cfg, self.rows_sharding, q, k, v, mask, cache,
+                                     cache_index, fresh)
     out = out.reshape(b, t, h, hd)
     return jnp.einsum("bthk,hkd->btd", out, wo.astype(dtype)), new_cache
+
+
+def _attend_dense(cfg: ModelConfig, rows_sharding: Any, q: Array, k: Array, v: Array,
+                  mask: Array, cache: LayerCache | None, cache_index: Array | None,
+                  fresh: bool) -> tuple[Array, LayerCache | None]:
+  """`Attention` without a cache or over a `LayerCache`: (out, the updated cache or None)."""
+  if cache is None or fresh:
+    out = attend(q, k, v, mask, cfg.attention, rows_sharding)
+  if cache is None:
+    return out, None
+  # Keys are stored transposed, [B, KV, hd, S]: a decode step's scores are then one plain
+  # batched matmul q @ k over the cache (on one CPU core, 30 layers of SmolLM2 at 64 rows
+  # x 192 slots: 32 ms against 152 ms for the same einsum over [B, KV, S, hd] keys).
+  cache_k = jax.lax.dynamic_update_slice(
+      cache.k, k.transpose(0, 2, 3, 1).astype(cache.k.dtype), (0, 0, 0, cache_index))
+  cache_v = jax.lax.dynamic_update_slice(
+      cache.v, v.transpose(0, 2, 1, 3).astype(cache.v.dtype), (0, 0, cache_index, 0))
+  if not fresh:
+    prefix = None
+    if cache.prefix_k is not None:
+      prefix = (cache.prefix_k, cache.prefix_v, cache.prefix_valid)
+    out = attend_cache(q, cache_k, cache_v, mask, prefix)
+  return out, cache._replace(k=cache_k, v=cache_v)
 
 
 class MLP(nn.Module):
